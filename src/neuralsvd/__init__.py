@@ -1,0 +1,28 @@
+"""neuralsvd: learn the top-L singular/eigen-functions of operators with neural networks (NeuralSVD)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import autodiff, metrics, models, operators, quadrature, sampling
+from .evaluation import evaluate
+from .fit import DivergenceError, FitResult, fit
+from .losses import LossOutput, NestedLoRA, SpectralLoss
+from .operators import CrossOperator, Operator
+
+try:
+    __version__ = version("neuralsvd")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    # training
+    "fit", "FitResult", "DivergenceError",
+    # objectives
+    "SpectralLoss", "LossOutput", "NestedLoRA",
+    # operators
+    "Operator", "CrossOperator",
+    # evaluation
+    "evaluate",
+    # submodules
+    "autodiff", "metrics", "models", "operators", "quadrature", "sampling",
+    "__version__",
+]

@@ -1,0 +1,118 @@
+"""Second derivatives of vector-valued functions ``f: R^d -> R^L`` (value, gradient, Laplacian).
+
+Three ways, all through :func:`laplacian`:
+
+* ``"exact"`` on a model with a ``jet(x)`` method (every model in :mod:`neuralsvd.models`): a forward
+  pass that carries value, gradient and Laplacian through each layer ("forward Laplacian"). Linear
+  layers act on the stacked ``(d + 2)`` jet in one batched matmul; activations use their first and second
+  derivatives. No backward graph is built, so it is cheap and runs under ``torch.no_grad``.
+* ``"exact"`` on any other callable: forward-over-forward mode (``torch.func.jvp`` nested once per
+  input coordinate, ``d`` passes in all, each covering every output at once; never a loop over outputs).
+* ``"fd"``: central finite differences with step ``eps`` (``2d + 1`` evaluations), an option for
+  functions that torch.func cannot trace.
+
+A *jet* here is a tensor ``J`` of shape ``(d + 2, *batch, k)``: ``J[0]`` the value, ``J[1 : d + 1]``
+the partial derivatives ``∂/∂x_i``, ``J[d + 1]`` the Laplacian ``Σ_i ∂²/∂x_i²``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["laplacian", "jet_input", "jet_linear", "jet_elementwise", "jet_product", "jet_split"]
+
+Derivatives = tuple[Tensor, Tensor, Tensor]  # value (n, L), gradient (n, d, L), Laplacian (n, L)
+
+
+def jet_input(x: Tensor) -> Tensor:
+    """The jet of the identity map at ``x`` (n, d): shape ``(d + 2, n, d)``."""
+    n, d = x.shape
+    eye = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, n, d)  # (d, n, d)
+    return torch.cat([x.unsqueeze(0), eye, torch.zeros_like(x).unsqueeze(0)], 0)
+
+
+def jet_split(jet: Tensor) -> Derivatives:
+    """``(value, gradient, Laplacian)`` of a jet ``(d + 2, n, k)`` as ``((n, k), (n, d, k), (n, k))``."""
+    return jet[0], jet[1:-1].movedim(0, 1), jet[-1]
+
+
+def jet_linear(jet: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Affine map ``h -> h @ weight + bias`` applied to a jet (the bias touches only the value)."""
+    out = torch.matmul(jet, weight)
+    if bias is not None:
+        out = torch.cat([out[:1] + bias, out[1:]], 0)
+    return out
+
+
+def jet_elementwise(jet: Tensor, fn: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """Elementwise ``σ`` on a jet; ``fn(h) -> (σ(h), σ'(h), σ''(h))``.
+
+    Chain rule: ``∇σ(h) = σ'(h) ∇h`` and ``Δσ(h) = σ''(h) |∇h|² + σ'(h) Δh``.
+    """
+    h, grad, lap = jet[0], jet[1:-1], jet[-1]
+    s0, s1, s2 = fn(h)
+    return torch.cat([s0.unsqueeze(0), s1 * grad, (s2 * (grad * grad).sum(0) + s1 * lap).unsqueeze(0)], 0)
+
+
+def jet_product(a: Tensor, b: Tensor) -> Tensor:
+    """Product rule for two broadcastable jets: ``Δ(ab) = aΔb + bΔa + 2∇a·∇b``."""
+    va, ga, la = a[0], a[1:-1], a[-1]
+    vb, gb, lb = b[0], b[1:-1], b[-1]
+    lap = va * lb + vb * la + 2 * (ga * gb).sum(0)
+    return torch.cat([(va * vb).unsqueeze(0), va * gb + vb * ga, lap.unsqueeze(0)], 0)
+
+
+def _exact_functional(f: Callable[[Tensor], Tensor], x: Tensor) -> Derivatives:
+    """Forward-over-forward: for each axis e_i, d/dt f(x + t e_i) and d²/dt² in one nested jvp."""
+    grads, lap = [], None
+    value = f(x)
+    for i in range(x.shape[1]):
+        e = torch.zeros_like(x)
+        e[:, i] = 1
+
+        def first(y: Tensor, e: Tensor = e) -> Tensor:
+            return torch.func.jvp(f, (y,), (e,))[1]
+
+        d1, d2 = torch.func.jvp(first, (x,), (e,))
+        grads.append(d1)
+        lap = d2 if lap is None else lap + d2
+    return value, torch.stack(grads, 1), lap
+
+
+def _finite_differences(f: Callable[[Tensor], Tensor], x: Tensor, eps: float) -> Derivatives:
+    """Central differences: ``(f(x+εe) - f(x-εe)) / 2ε`` and ``(f(x+εe) - 2f(x) + f(x-εe)) / ε²``."""
+    n, d = x.shape
+    shifts = eps * torch.eye(d, dtype=x.dtype, device=x.device)  # (d, d)
+    xs = torch.cat([x.unsqueeze(0), x + shifts[:, None], x - shifts[:, None]], 0)  # (2d+1, n, d)
+    ys = f(xs.reshape(-1, d)).reshape(2 * d + 1, n, -1)
+    value, plus, minus = ys[0], ys[1 : d + 1], ys[d + 1 :]
+    grad = ((plus - minus) / (2 * eps)).movedim(0, 1)  # (n, d, L)
+    lap = ((plus + minus).sum(0) - 2 * d * value) / eps**2
+    return value, grad, lap
+
+
+def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2) -> Derivatives:
+    """Value, gradient and Laplacian of ``f`` at ``x``.
+
+    Args:
+        f: callable ``(n, d) -> (n, L)``; if it has a ``jet`` method it is used for ``"exact"``.
+        x: points, ``(n, d)``.
+        method: ``"exact"`` (default) or ``"fd"`` (central finite differences with step ``eps``).
+
+    Returns:
+        ``(value (n, L), gradient (n, d, L), laplacian (n, L))``. Whether a graph is kept follows the
+        caller's grad mode (the library calls it under ``torch.no_grad``).
+    """
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
+    if method == "exact":
+        jet = getattr(f, "jet", None)
+        if callable(jet):
+            return jet_split(jet(x))
+        return _exact_functional(f, x)
+    if method == "fd":
+        return _finite_differences(f, x, eps)
+    raise ValueError(f"unknown Laplacian method {method!r}; valid: 'exact', 'fd'")

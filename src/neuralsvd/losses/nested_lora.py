@@ -1,0 +1,141 @@
+"""NestedLoRA: the NeuralSVD objective (nested low-rank approximation).
+
+For functions ``f = (f_1..f_L)`` (and ``g`` for SVD) the objective is
+
+    ℒ = -2 Σ_l v_l ⟨g_l, T f_l⟩ + Σ_{l,m} M_lm ⟨f_l, f_m⟩⟨g_l, g_m⟩,
+
+with ``g = f`` for a self-adjoint ``T``. Joint nesting with positive weights ``w`` uses
+``v_l = Σ_{i≥l} w_i`` and ``M_lm = v_max(l,m)``, i.e. ``ℒ = Σ_i w_i ℒ_LoRA(f_{1:i})``. Sequential nesting
+trains mode ``k`` on ``ℒ_LoRA(f_{1:k})`` with ``f_{1:k-1}`` held fixed; one backward pass does it with a
+masked gradient (``v = 1``, ``M`` = upper-triangular ones). At the optimum ``f_l = sqrt(λ_l) φ_l`` for the
+top-L *positive* eigenvalues in descending order (SVD: ``f_l = sqrt(σ_l) φ_l``, ``g_l = sqrt(σ_l) ψ_l``).
+
+Minibatch estimates are unbiased: operator terms average over the batch; second moments come from
+the two halves of the batch, ``Σ M ∘ Λ_a ∘ Λ_b`` (SVD: ``½ Σ M ∘ (Λf_a ∘ Λg_b + Λf_b ∘ Λg_a)``).
+The gradient never differentiates through ``T f``: for self-adjoint ``T``,
+``∂⟨f, Tf⟩ = 2⟨∂f, Tf⟩``, applied in a custom autograd backward.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import LossOutput, SpectralLoss
+
+__all__ = ["NestedLoRA"]
+
+
+def _halves(n: int, split: bool) -> tuple[slice, slice]:
+    return (slice(0, n // 2), slice(n // 2, n)) if split else (slice(None), slice(None))
+
+
+def _second_moment(f: Tensor) -> Tensor:
+    return f.T @ f / f.shape[0]  # (L, L)
+
+
+class _NestedLoRAFunction(torch.autograd.Function):
+    """Value and hand-written gradient of the SVD-form objective (EVD: call with ``g = f``).
+
+    Inputs ``tfy = (Tf)(y)`` and ``tadj_gx = (T* g)(x)`` are constants (no gradient flows to them).
+    ``v_grad, m_grad`` are the masks of the gradient; ``v_value, m_value`` those of the reported value
+    (they differ only for sequential nesting).
+    """
+
+    @staticmethod
+    def forward(ctx, fx, gy, tfy, tadj_gx, v_value, m_value, v_grad, m_grad, split: bool):  # type: ignore[override]
+        a, b = _halves(fx.shape[0], split)
+        c, d = _halves(gy.shape[0], split)
+        lam_fa, lam_fb = _second_moment(fx[a]), _second_moment(fx[b])
+        lam_ga, lam_gb = _second_moment(gy[c]), _second_moment(gy[d])
+        operator_term = 0.5 * ((gy * tfy).mean(0) + (fx * tadj_gx).mean(0))  # (L,) estimates of ⟨g_l, T f_l⟩
+        metric_term = 0.5 * (m_value * (lam_fa * lam_gb + lam_fb * lam_ga)).sum()
+        ctx.save_for_backward(fx, gy, tfy, tadj_gx, v_grad, m_grad, lam_fa, lam_fb, lam_ga, lam_gb)
+        ctx.split = split
+        return -2 * (v_value * operator_term).sum() + metric_term
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        fx, gy, tfy, tadj_gx, v_grad, m_grad, lam_fa, lam_fb, lam_ga, lam_gb = ctx.saved_tensors
+        a, b = _halves(fx.shape[0], ctx.split)
+        c, d = _halves(gy.shape[0], ctx.split)
+        grad_f = -(2.0 / fx.shape[0]) * v_grad * tadj_gx  # (n_x, L)
+        grad_g = -(2.0 / gy.shape[0]) * v_grad * tfy  # (n_y, L)
+        fa, fb, gc, gd = fx[a], fx[b], gy[c], gy[d]
+        grad_f[a] += fa @ (m_grad * lam_gb) / fa.shape[0]
+        grad_f[b] += fb @ (m_grad * lam_ga) / fb.shape[0]
+        grad_g[c] += gc @ (m_grad * lam_fb) / gc.shape[0]
+        grad_g[d] += gd @ (m_grad * lam_fa) / gd.shape[0]
+        return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None
+
+
+class NestedLoRA(SpectralLoss):
+    """The NeuralSVD objective with joint or sequential nesting.
+
+    Args:
+        num_modes: ``L``.
+        nesting: ``"sequential"`` (default; the paper's best) or ``"joint"``.
+        weights: positive nesting weights ``w`` for joint nesting (default uniform ``1/L``).
+        unbiased: split the batch in halves for the second-moment term (default). ``False`` uses the
+            whole batch twice: biased for random minibatches, exact when the batch is the population.
+
+    Read-out: ``eigenvalues`` are Rayleigh quotients ``⟨f,Tf⟩/‖f‖²`` (SVD: ``⟨g,Tf⟩/(‖f‖‖g‖)``),
+    ``norm_eigenvalues`` the norm estimator ``‖f‖²`` (SVD: ``‖f‖‖g‖``), both of the learned ``T``.
+    """
+
+    def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
+                 unbiased: bool = True):
+        super().__init__(num_modes)
+        if nesting not in ("joint", "sequential"):
+            raise ValueError(f"unknown nesting {nesting!r}; valid: 'joint', 'sequential'")
+        L = num_modes
+        w = torch.full((L,), 1.0 / L, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (L,) or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+            raise ValueError(f"weights must be {L} positive finite numbers, got {weights!r}")
+        if nesting == "sequential" and weights is not None:
+            raise ValueError("weights apply to joint nesting only; sequential nesting has none")
+        v = w.flip(0).cumsum(0).flip(0)  # v_l = Σ_{i≥l} w_i
+        idx = torch.arange(L)
+        m = v[torch.maximum(idx[:, None], idx[None, :])]  # M_lm = v_max(l,m)
+        self.nesting, self.unbiased = nesting, bool(unbiased)
+        self.register_buffer("v_value", v)
+        self.register_buffer("m_value", m)
+        if nesting == "joint":
+            self.register_buffer("v_grad", v.clone())
+            self.register_buffer("m_grad", m.clone())
+        else:
+            self.register_buffer("v_grad", torch.ones(L, dtype=torch.float64))
+            self.register_buffer("m_grad", torch.ones(L, L, dtype=torch.float64).triu())  # [m, k] = 1 if m ≤ k
+
+    @property
+    def min_batch_size(self) -> int:
+        return 2 if self.unbiased else 1
+
+    def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> Tensor:
+        masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)
+        return _NestedLoRAFunction.apply(fx, gy, tfy.detach(), tadj_gx.detach(), *(t.to(fx) for t in masks),
+                                         self.unbiased)
+
+    def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:
+        """EVD form: ``fx = f(x)``, ``tfx = (Tf)(x)``, each ``(n, L)``."""
+        self.check_batch(fx, tfx)
+        loss = self._objective(fx, fx, tfx, tfx)
+        with torch.no_grad():
+            gram = _second_moment(fx)
+            norms = gram.diagonal()
+            rayleigh = (fx * tfx).mean(0) / norms
+        return LossOutput(loss, rayleigh, gram, norms.clone())
+
+    def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
+        """SVD form: ``f(x)``, ``(T*g)(x)`` of shape ``(n_x, L)`` and ``g(y)``, ``(Tf)(y)`` of shape
+        ``(n_y, L)`` (``n_x = n_y`` for paired samples; independent ``x``, ``y`` may differ)."""
+        self.check_batch(fx, tadj_gx)
+        self.check_batch(gy, tfy)
+        loss = self._objective(fx, gy, tfy, tadj_gx)
+        with torch.no_grad():
+            gram = _second_moment(fx)
+            norms = (gram.diagonal() * (gy * gy).mean(0)).sqrt()
+            cross = 0.5 * ((gy * tfy).mean(0) + (fx * tadj_gx).mean(0))
+        return LossOutput(loss, cross / norms, gram, norms)

@@ -1,0 +1,197 @@
+"""Samplers that know their density.
+
+Every sampler draws ``x ~ p`` with ``sample(n, generator) -> (n, d)`` and evaluates
+``log_prob(x) -> (n,)``. Importance-sampled operators (e.g. :class:`~neuralsvd.operators.Schrodinger`)
+also need the first two derivatives of ``u = ½ log p``; :meth:`Sampler.half_log_density_derivatives`
+computes them by autograd of :meth:`log_prob` (exact and numerically stable, e.g. for mixtures, whose
+``log_prob`` is a log-sum-exp), and subclasses with closed forms override it.
+
+Randomness comes only from the ``torch.Generator`` passed in; its device decides where samples live.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Sampler", "Gaussian", "TruncatedGaussian", "UniformBox", "Mixture", "Index"]
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class Sampler:
+    """Abstract sampling distribution ``p`` on ``R^d`` (or on indices, for :class:`Index`)."""
+
+    dim: int
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Draw ``n`` points, ``(n, d)``, on ``generator.device`` (CPU if no generator)."""
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log-density at ``x`` (n, d) -> (n,)."""
+        raise NotImplementedError
+
+    def half_log_density_derivatives(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``u = ½ log p`` with its gradient and Laplacian: ``(u (n,), ∇u (n, d), Δu (n,))``.
+
+        The default differentiates :meth:`log_prob` twice with autograd (d backward passes, cheap: no
+        network is involved). The result carries no graph.
+        """
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            u = 0.5 * self.log_prob(xg)  # (n,)
+            (grad,) = torch.autograd.grad(u.sum(), xg, create_graph=True)  # (n, d)
+            lap = torch.zeros_like(u)
+            for i in range(x.shape[1]):
+                (g2,) = torch.autograd.grad(grad[:, i].sum(), xg, retain_graph=i + 1 < x.shape[1])
+                lap = lap + g2[:, i]
+        return u.detach(), grad.detach(), lap.detach()
+
+    def _device(self, generator: torch.Generator | None) -> torch.device:
+        return generator.device if generator is not None else torch.device("cpu")
+
+
+class Gaussian(Sampler):
+    """Isotropic (or per-axis) Gaussian ``N(mean, diag(std²))`` on ``R^dim``."""
+
+    def __init__(self, dim: int, std: float | Sequence[float] = 1.0, mean: float = 0.0):
+        _check_positive_int("dim", dim)
+        std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
+        if std_t.numel() not in (1, dim) or not bool((std_t > 0).all()):
+            raise ValueError(f"std must be a positive float or a sequence of {dim} positive floats, got {std!r}")
+        self.dim = dim
+        self.std = std_t.expand(dim).clone()  # (d,)
+        self.mean = float(mean)
+
+    def sample(self, n, generator=None, dtype=None):
+        _check_positive_int("n", n)
+        dtype = dtype or torch.get_default_dtype()
+        z = torch.randn(n, self.dim, generator=generator, device=self._device(generator), dtype=dtype)
+        return self.mean + z * self.std.to(z)
+
+    def log_prob(self, x):
+        std = self.std.to(x)
+        z = (x - self.mean) / std
+        return -0.5 * (z**2).sum(-1) - torch.log(std).sum() - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def half_log_density_derivatives(self, x):
+        var = (self.std**2).to(x)  # (d,)
+        u = 0.5 * self.log_prob(x)
+        grad = -(x - self.mean) / (2 * var)
+        lap = (-1.0 / (2 * var)).sum().expand(x.shape[0])
+        return u, grad, lap
+
+
+class TruncatedGaussian(Gaussian):
+    """Gaussian ``N(0, std² I)`` truncated to the box ``[-bound, bound]^dim`` (per axis)."""
+
+    def __init__(self, dim: int, std: float, bound: float):
+        super().__init__(dim, std)
+        if not bound > 0:
+            raise ValueError(f"bound must be positive, got {bound!r}")
+        self.bound = float(bound)
+        # log of the per-axis normalizer Φ(b/σ) - Φ(-b/σ)
+        mass = torch.special.erf(self.bound / (self.std * math.sqrt(2)))  # (d,)
+        self._log_mass = torch.log(mass).sum()
+
+    def sample(self, n, generator=None, dtype=None):
+        _check_positive_int("n", n)
+        dtype = dtype or torch.get_default_dtype()
+        std = self.std.to(dtype=torch.float64)
+        lo = torch.special.ndtr(torch.as_tensor(-self.bound, dtype=torch.float64) / std)  # (d,)
+        u = torch.rand(n, self.dim, generator=generator, device=self._device(generator), dtype=torch.float64)
+        q = lo.to(u.device) + u * (1 - 2 * lo.to(u.device))
+        x = std.to(u.device) * torch.special.ndtri(q)
+        return x.clamp(-self.bound, self.bound).to(dtype)
+
+    def log_prob(self, x):
+        inside = (x.abs() <= self.bound).all(-1)
+        lp = super().log_prob(x) - self._log_mass.to(x)
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+class UniformBox(Sampler):
+    """Uniform distribution on ``[-bound, bound]^dim``."""
+
+    def __init__(self, dim: int, bound: float):
+        _check_positive_int("dim", dim)
+        if not bound > 0:
+            raise ValueError(f"bound must be positive, got {bound!r}")
+        self.dim, self.bound = dim, float(bound)
+
+    def sample(self, n, generator=None, dtype=None):
+        _check_positive_int("n", n)
+        dtype = dtype or torch.get_default_dtype()
+        u = torch.rand(n, self.dim, generator=generator, device=self._device(generator), dtype=dtype)
+        return (2 * u - 1) * self.bound
+
+    def log_prob(self, x):
+        inside = (x.abs() <= self.bound).all(-1)
+        lp = torch.full(x.shape[:1], -self.dim * math.log(2 * self.bound), dtype=x.dtype, device=x.device)
+        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+    def half_log_density_derivatives(self, x):
+        u = 0.5 * self.log_prob(x)
+        return u, torch.zeros_like(x), torch.zeros_like(u)
+
+
+class Mixture(Sampler):
+    """Mixture ``Σ_k π_k p_k`` of samplers on the same space (e.g. Gaussians of several scales).
+
+    ``log_prob`` is a log-sum-exp, so ``½ log p`` and its derivatives stay finite in float32 far in the
+    tails where each component density underflows.
+    """
+
+    def __init__(self, components: Sequence[Sampler], weights: Sequence[float] | None = None):
+        if len(components) == 0:
+            raise ValueError("Mixture needs at least one component")
+        dims = {c.dim for c in components}
+        if len(dims) != 1:
+            raise ValueError(f"all mixture components must have the same dim, got {sorted(dims)}")
+        w = torch.ones(len(components), dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (len(components),) or not bool((w > 0).all()):
+            raise ValueError(f"weights must be {len(components)} positive numbers, got {weights!r}")
+        self.components, self.weights, self.dim = list(components), w / w.sum(), dims.pop()
+
+    def sample(self, n, generator=None, dtype=None):
+        _check_positive_int("n", n)
+        which = torch.multinomial(self.weights.to(self._device(generator)), n, replacement=True, generator=generator)
+        xs = torch.stack([c.sample(n, generator, dtype) for c in self.components])  # (K, n, d)
+        return xs[which, torch.arange(n, device=which.device)]
+
+    def log_prob(self, x):
+        lps = torch.stack([c.log_prob(x) for c in self.components], -1)  # (n, K)
+        return torch.logsumexp(lps + torch.log(self.weights.to(x)), -1)
+
+
+class Index(Sampler):
+    """Uniform distribution over the indices ``0..num_points-1`` (the measure of a finite operator).
+
+    Samples are int64 of shape ``(n,)``. With ``replacement=True`` they are i.i.d. (split-batch
+    estimates are exactly unbiased). By default they are drawn without replacement, ``min(n, num_points)``
+    of them: a batch at least as large as the population *is* the population (exact estimates), and
+    smaller batches carry an O(1/num_points) bias in split-batch second moments.
+    """
+
+    dim = 1
+
+    def __init__(self, num_points: int, replacement: bool = False):
+        _check_positive_int("num_points", num_points)
+        self.num_points, self.replacement = num_points, bool(replacement)
+
+    def sample(self, n, generator=None, dtype=None):
+        _check_positive_int("n", n)
+        device = self._device(generator)
+        if self.replacement:
+            return torch.randint(self.num_points, (n,), generator=generator, device=device)
+        return torch.randperm(self.num_points, generator=generator, device=device)[:n]
+
+    def log_prob(self, x):
+        return torch.full(x.shape[:1], -math.log(self.num_points), dtype=torch.get_default_dtype(), device=x.device)
