@@ -45,8 +45,8 @@ class FitResult:
         order: ``(L,)`` permutation from model output columns to modes (leading first).
         norms: ``(L,)`` estimated ``L²(p)`` norms of the modes (SVD: of the left functions), used to
             normalize :meth:`eigenfunctions`.
-        history: ``{"step": (S,), "loss": (S,), "eigenvalues": (S, L)}`` per training step, eigenvalue
-            estimates in the reporting convention and model-column order.
+        history: ``{"step": (S,), "loss": (S,), "eigenvalues": (S, L)}`` per training step: minibatch
+            eigenvalue estimates in the reporting convention, columns in mode order (as ``eigenvalues``).
         steps, wall_seconds, steps_per_second: what the run did (this call only, when resumed).
     """
 
@@ -96,7 +96,8 @@ class FitResult:
 
 
 def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, batch_size: int, optimizer: str,
-                    lr: float, schedule: str, warmup: int, ema_decay: float | None) -> bool:
+                    lr: float, schedule: str, warmup: int, ema_decay: float | None, log_every: int,
+                    eval_batches: int, eval_batch_size: int | None) -> bool:
     if not isinstance(op, Operator):
         raise TypeError(f"operator must be a neuralsvd.operators.Operator, got {type(op).__name__}")
     if not isinstance(loss, SpectralLoss):
@@ -110,7 +111,11 @@ def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, 
             raise TypeError(f"model must be a torch.nn.Module (or a pair of them for SVD), got {type(m).__name__}")
     if not svd and not op.self_adjoint:
         raise ValueError(f"{type(op).__name__} is not self-adjoint: pass a pair of models (left, right) for its SVD")
-    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("warmup", warmup, 0)):
+    counts = [("steps", steps, 0), ("batch_size", batch_size, 1), ("warmup", warmup, 0), ("log_every", log_every, 1),
+              ("eval_batches", eval_batches, 1)]
+    if eval_batch_size is not None:
+        counts.append(("eval_batch_size", eval_batch_size, 1))
+    for name, value, low in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if batch_size < loss.min_batch_size:
@@ -248,7 +253,8 @@ def fit(
     **Raises:** ``ValueError``/``TypeError`` for bad input; :class:`DivergenceError` if the loss or the
     eigenvalue estimates become non-finite.
     """
-    svd = _check_fit_args(model, operator, loss, steps, batch_size, optimizer, lr, schedule, warmup, ema_decay)
+    svd = _check_fit_args(model, operator, loss, steps, batch_size, optimizer, lr, schedule, warmup, ema_decay,
+                          log_every, eval_batches, eval_batch_size)
     device = torch.device(device)
     modules = tuple(model) if svd else (model,)
     params = [p for m in modules for p in m.parameters()]
@@ -359,7 +365,7 @@ def fit(
     history = {
         "step": torch.arange(1, steps + 1),
         "loss": hist_loss.cpu(),
-        "eigenvalues": operator.eigenvalues_from_learned(hist_eig.cpu()),
+        "eigenvalues": operator.eigenvalues_from_learned(hist_eig.cpu()[:, order.cpu()]),
     }
     return FitResult(
         model=final, operator=operator,

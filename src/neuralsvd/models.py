@@ -86,8 +86,12 @@ class _BatchedMLP(nn.Module):
         hidden = tuple(int(h) for h in hidden)
         if len(hidden) == 0 or min(hidden) < 1:
             raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
-        if fourier_features < 0:
-            raise ValueError(f"fourier_features must be >= 0, got {fourier_features!r}")
+        if isinstance(fourier_features, bool) or not isinstance(fourier_features, int) or fourier_features < 0:
+            raise ValueError(f"fourier_features must be an integer >= 0, got {fourier_features!r}")
+        for name, value, on in (("fourier_scale", fourier_scale, fourier_features > 0),
+                                ("envelope_scale", envelope_scale, envelope)):
+            if on and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if box is not None and not box > 0:
             raise ValueError(f"box must be a positive half-width or None, got {box!r}")
         self.in_features, self.groups, self.out_features = in_features, groups, out_features

@@ -42,11 +42,11 @@ def gauss_legendre(edges: Sequence[float], nodes: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(np.concatenate(ts)), torch.from_numpy(np.concatenate(ws))
 
 
-def box(dim: int, bound: float, panels: int = 8, nodes: int = 16) -> Quadrature:
-    """Tensor-product composite Gauss–Legendre rule on ``[-bound, bound]^dim`` (Lebesgue measure)."""
-    t, w = gauss_legendre(np.linspace(-bound, bound, panels + 1).tolist(), nodes)
-    grids = torch.meshgrid(*([t] * dim), indexing="ij")
-    weights = torch.meshgrid(*([w] * dim), indexing="ij")
+def box(bounds: Sequence[float], panels: int = 8, nodes: int = 16) -> Quadrature:
+    """Tensor-product composite Gauss–Legendre rule on ``Π_i [-bounds_i, bounds_i]`` (Lebesgue measure)."""
+    rules = [gauss_legendre(np.linspace(-b, b, panels + 1).tolist(), nodes) for b in bounds]
+    grids = torch.meshgrid(*(t for t, _ in rules), indexing="ij")
+    weights = torch.meshgrid(*(w for _, w in rules), indexing="ij")
     points = torch.stack([g.reshape(-1) for g in grids], 1)
     return Quadrature(points, torch.stack([g.reshape(-1) for g in weights], 1).prod(1))
 

@@ -64,8 +64,8 @@ class Gaussian(Sampler):
     def __init__(self, dim: int, std: float | Sequence[float] = 1.0, mean: float = 0.0):
         _check_positive_int("dim", dim)
         std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
-        if std_t.numel() not in (1, dim) or not bool((std_t > 0).all()):
-            raise ValueError(f"std must be a positive float or a sequence of {dim} positive floats, got {std!r}")
+        if std_t.numel() not in (1, dim) or not bool((std_t > 0).all() & torch.isfinite(std_t).all()):
+            raise ValueError(f"std must be a positive finite float or a sequence of {dim} of them, got {std!r}")
         self.dim = dim
         self.std = std_t.expand(dim).clone()  # (d,)
         self.mean = float(mean)
@@ -94,8 +94,8 @@ class TruncatedGaussian(Gaussian):
 
     def __init__(self, dim: int, std: float, bound: float):
         super().__init__(dim, std)
-        if not bound > 0:
-            raise ValueError(f"bound must be positive, got {bound!r}")
+        if not (isinstance(bound, (int, float)) and 0 < bound < math.inf):
+            raise ValueError(f"bound must be a positive finite number, got {bound!r}")
         self.bound = float(bound)
         # log of the per-axis normalizer Φ(b/σ) - Φ(-b/σ)
         mass = torch.special.erf(self.bound / (self.std * math.sqrt(2)))  # (d,)
@@ -122,8 +122,8 @@ class UniformBox(Sampler):
 
     def __init__(self, dim: int, bound: float):
         _check_positive_int("dim", dim)
-        if not bound > 0:
-            raise ValueError(f"bound must be positive, got {bound!r}")
+        if not (isinstance(bound, (int, float)) and 0 < bound < math.inf):
+            raise ValueError(f"bound must be a positive finite number, got {bound!r}")
         self.dim, self.bound = dim, float(bound)
 
     def sample(self, n, generator=None, dtype=None):
@@ -156,7 +156,7 @@ class Mixture(Sampler):
         if len(dims) != 1:
             raise ValueError(f"all mixture components must have the same dim, got {sorted(dims)}")
         w = torch.ones(len(components), dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        if w.shape != (len(components),) or not bool((w > 0).all()):
+        if w.shape != (len(components),) or not bool((w > 0).all() & torch.isfinite(w).all()):
             raise ValueError(f"weights must be {len(components)} positive numbers, got {weights!r}")
         self.components, self.weights, self.dim = list(components), w / w.sum(), dims.pop()
 

@@ -31,7 +31,7 @@ __all__ = ["Operator", "CrossOperator"]
 Function = Callable[[Tensor], Tensor]
 
 
-def _check_model_output(fx: Tensor, n: int, what: str = "model") -> None:
+def check_model_output(fx: Tensor, n: int, what: str = "model") -> None:
     if not isinstance(fx, Tensor) or fx.ndim != 2 or fx.shape[0] != n:
         shape = tuple(fx.shape) if isinstance(fx, Tensor) else type(fx).__name__
         raise ValueError(f"{what} must map a batch of n = {n} points to outputs of shape (n, L); got {shape}")
@@ -57,7 +57,7 @@ class Operator(nn.Module):
         if not self.self_adjoint:
             raise ValueError(f"{type(self).__name__} is not self-adjoint: pass a pair of models (left, right) for its SVD")
         fx, tfx = self._apply_operator(f, x)
-        _check_model_output(fx, x.shape[0])
+        check_model_output(fx, x.shape[0])
         return fx, tfx.detach()
 
     def _apply_operator(self, f: Function, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,8 +71,8 @@ class Operator(nn.Module):
     def apply_svd(self, f: Function, g: Function, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(f(x), g(y), (Tf)(y), (T*g)(x))``, each ``(n, L)``; the last two detached."""
         fx, gy, tfy, tadj_gx = self._apply_operator_svd(f, g, x, y)
-        _check_model_output(fx, x.shape[0], "left model")
-        _check_model_output(gy, y.shape[0], "right model")
+        check_model_output(fx, x.shape[0], "left model")
+        check_model_output(gy, y.shape[0], "right model")
         return fx, gy, tfy.detach(), tadj_gx.detach()
 
     def _apply_operator_svd(self, f: Function, g: Function, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..quadrature import Quadrature
 from ..sampling import Index
-from .base import CrossOperator, Function
+from .base import CrossOperator, Function, check_model_output
 
 __all__ = ["DenseOperator"]
 
@@ -62,6 +62,7 @@ class DenseOperator(CrossOperator):
 
     def _apply_operator(self, f: Function, x: Tensor) -> tuple[Tensor, Tensor]:
         fx = f(x)
+        check_model_output(fx, x.shape[0])
         with torch.no_grad():
             full = f(torch.arange(self.shape[1], device=x.device))  # (n, L)
             tfx = (self.matrix.to(full) @ full)[x]
@@ -70,6 +71,8 @@ class DenseOperator(CrossOperator):
     def _apply_operator_svd(self, f: Function, g: Function, x: Tensor, y: Tensor):
         m, n = self.shape
         fx, gy = f(x), g(y)
+        check_model_output(fx, x.shape[0], "left model")
+        check_model_output(gy, y.shape[0], "right model")
         with torch.no_grad():
             a = self.matrix.to(fx)
             f_all = f(torch.arange(n, device=x.device))  # (n, L)

@@ -22,7 +22,7 @@ from torch import Tensor
 from .. import quadrature as quad
 from ..autodiff import laplacian
 from ..sampling import Gaussian, Sampler
-from .base import Function, Operator
+from .base import Function, Operator, check_model_output
 
 __all__ = ["Schrodinger", "Hydrogen2D", "HarmonicOscillator"]
 
@@ -47,10 +47,11 @@ class Schrodinger(Operator):
             raise TypeError(f"potential must be a callable x (n, d) -> (n,), got {type(potential).__name__}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale!r}")
-        if not kinetic > 0:
-            raise ValueError(f"kinetic must be positive, got {kinetic!r}")
+        for name, value in (("scale", scale), ("kinetic", kinetic), ("fd_eps", fd_eps)):
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift)):
+            raise ValueError(f"shift must be a finite number, got {shift!r}")
         if laplacian not in ("exact", "fd"):
             raise ValueError(f"unknown laplacian method {laplacian!r}; valid: 'exact', 'fd'")
         self.sampler = sampler if sampler is not None else Gaussian(dim, 1.0)
@@ -80,6 +81,7 @@ class Schrodinger(Operator):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (n, {self.dim}), got {tuple(x.shape)}")
         fx = f(x)  # (n, L), with graph
+        check_model_output(fx, x.shape[0])
         with torch.no_grad():
             value, grad, lap = laplacian(f, x, self.laplacian_method, self.fd_eps)  # (n,L) (n,d,L) (n,L)
             _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
@@ -230,9 +232,12 @@ class HarmonicOscillator(Schrodinger):
         return torch.stack(cols, 1)
 
     def quadrature(self) -> quad.Quadrature:
-        """Tensor Gauss–Legendre on a box holding the states far below ``shift`` (d ≤ 3), else Monte Carlo."""
+        """Tensor Gauss–Legendre on a box holding the states below ``shift`` (d ≤ 3), else Monte Carlo.
+
+        Axis ``i`` spans ``±sqrt(2 (shift/ω_i + 30) / ω_i)``, beyond which those states are below e⁻³⁰.
+        """
         if self.dim > 3:
             return super().quadrature()
-        bound = math.sqrt(2 * (self.shift / min(self.omega) + 30) / min(self.omega))
-        panels, nodes = {1: (16, 24), 2: (12, 16), 3: (6, 10)}[self.dim]
-        return quad.box(self.dim, bound, panels, nodes)
+        bounds = [math.sqrt(2 * (self.shift / w + 30) / w) for w in self.omega]
+        panels, nodes = {1: (16, 24), 2: (12, 16), 3: (8, 12)}[self.dim]
+        return quad.box(bounds, panels, nodes)

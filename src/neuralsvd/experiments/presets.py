@@ -1,0 +1,121 @@
+"""Named problems and methods: the registry behind ``neuralsvd run`` and ``neuralsvd list``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from .. import models, operators, sampling
+from ..losses import NestedLoRA, SpectralLoss
+from ..operators.base import Operator
+from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
+
+__all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "make_operator"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A named experiment: a one-line description, default configuration and operator builder."""
+
+    name: str
+    description: str
+    default_config: Callable[[], ExperimentConfig]
+    build_operator: Callable[[dict[str, Any]], Operator]
+
+
+def _gaussian_or_truncated(dim: int, params: dict[str, Any]) -> sampling.Sampler:
+    std, bound = params.get("sampler_std"), params.get("sampler_bound")
+    if bound is None:
+        return sampling.Gaussian(dim, std)
+    return sampling.TruncatedGaussian(dim, std, bound)
+
+
+def _hydrogen_operator(p: dict[str, Any]) -> Operator:
+    return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"],
+                                sampler=_gaussian_or_truncated(2, p), laplacian=p["laplacian"])
+
+
+def _oscillator_operator(p: dict[str, Any]) -> Operator:
+    dim = p["dim"]
+    return operators.HarmonicOscillator(dim=dim, omega=p["omega"], scale=p["scale"], shift=p["shift"],
+                                        sampler=_gaussian_or_truncated(dim, p), laplacian=p["laplacian"])
+
+
+def _hydrogen_paper() -> ExperimentConfig:
+    """The authors' recipe (experiment-facts §2), kept as a baseline for accuracy studies."""
+    return ExperimentConfig(
+        problem="hydrogen-paper", modes=16,
+        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact"),
+        model=ModelConfig(hidden=(128, 128, 128), activation="softplus", fourier_features=1024, fourier_scale=0.1),
+        train=TrainConfig(steps=500_000, batch_size=128, optimizer="rmsprop", lr=1e-4, schedule="cosine",
+                          ema_decay=0.995),
+    )
+
+
+def _hydrogen() -> ExperimentConfig:
+    """The CPU demo: 9 modes (n ≤ 2), finishing in a few minutes on 2 cores."""
+    return ExperimentConfig(
+        problem="hydrogen", modes=9,
+        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact"),
+        model=ModelConfig(hidden=(128, 128, 128), activation="softplus"),
+        train=TrainConfig(steps=6000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None),
+    )
+
+
+def _oscillator() -> ExperimentConfig:
+    """2D isotropic oscillator H = -Δ + |x|², 10 modes (n ≤ 3)."""
+    return ExperimentConfig(
+        problem="oscillator", modes=10,
+        operator=dict(dim=2, omega=1.0, scale=1.0, shift=16.0, sampler_std=4.0, sampler_bound=None,
+                      laplacian="exact"),
+        model=ModelConfig(hidden=(128, 128, 128), activation="softplus"),
+        train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine"),
+    )
+
+
+PROBLEMS: dict[str, Problem] = {
+    p.name: p
+    for p in (
+        Problem("hydrogen", "2D hydrogen atom H = -Δ - 1/|x| (default 9 modes, n ≤ 2; --modes 16 for n ≤ 3)",
+                _hydrogen, _hydrogen_operator),
+        Problem("hydrogen-paper", "2D hydrogen with the authors' full recipe (16 modes, RMSProp 1e-4, 500k steps)",
+                _hydrogen_paper, _hydrogen_operator),
+        Problem("oscillator", "2D harmonic oscillator H = -Δ + |x|² (default 10 modes, n ≤ 3)",
+                _oscillator, _oscillator_operator),
+    )
+}
+
+METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
+    "neuralsvd-seq": ("NestedLoRA with sequential nesting (the paper's best)",
+                      lambda L: NestedLoRA(L, nesting="sequential")),
+    "neuralsvd-joint": ("NestedLoRA with joint nesting, uniform weights",
+                        lambda L: NestedLoRA(L, nesting="joint")),
+}
+
+
+def get_problem(name: str) -> Problem:
+    if name not in PROBLEMS:
+        raise ConfigError(f"unknown problem {name!r}; valid problems: {', '.join(PROBLEMS)}")
+    return PROBLEMS[name]
+
+
+def make_loss(method: str, num_modes: int) -> SpectralLoss:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[method][1](num_modes)
+
+
+def make_operator(config: ExperimentConfig) -> Operator:
+    return get_problem(config.problem).build_operator(config.operator)
+
+
+def make_model(config: ExperimentConfig, in_features: int) -> nn.Module:
+    m = config.model
+    kinds = {"parallel_mlp": models.ParallelMLP, "mlp": models.MLP}
+    if m.kind not in kinds:
+        raise ConfigError(f"unknown model kind {m.kind!r}; valid: {', '.join(kinds)}")
+    return kinds[m.kind](in_features, config.modes, hidden=m.hidden, activation=m.activation,
+                         fourier_features=m.fourier_features, fourier_scale=m.fourier_scale,
+                         envelope=m.envelope, envelope_scale=m.envelope_scale, box=m.box)

@@ -1,0 +1,112 @@
+"""Run a configured experiment end to end and write its outputs to a folder.
+
+Outputs in ``out_dir``: ``config.json`` (the resolved configuration), ``checkpoint.pt`` (written by
+:func:`neuralsvd.fit` during and after training), ``metrics.json`` (fields: see DESIGN §3),
+``eigenfunctions.png`` and ``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..evaluation import evaluate
+from ..fit import fit
+from .config import ConfigError, ExperimentConfig
+from .presets import make_loss, make_model, make_operator
+
+__all__ = ["run", "summary_table"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_resume(out_dir: Path, config: ExperimentConfig) -> None:
+    path = out_dir / "config.json"
+    if not path.exists():
+        raise ConfigError(f"--resume: no config.json in {out_dir}; nothing to resume")
+    old = json.loads(path.read_text())
+    new = config.to_dict()
+    for d in (old, new):
+        d["train"] = {k: v for k, v in d["train"].items() if k != "steps"}
+    if old != new:
+        diffs = _diff(old, new)
+        raise ConfigError(f"--resume: the configuration differs from {path} in {', '.join(diffs)} "
+                          "(only the number of steps may change)")
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
+    return out
+
+
+def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
+    """A short plain-text table of learned vs exact eigenvalues and the summary metrics."""
+    ev, exact, rel = metrics["eigenvalues"], metrics["exact_eigenvalues"], metrics["eigenvalue_relative_error"]
+    lines = [f"{'mode':>4}  {label + ' learned':>14}  {label + ' exact':>14}  {'rel. error':>10}"]
+    for i, e in enumerate(ev):
+        ex = f"{exact[i]:14.6f}" if exact is not None else f"{'-':>14}"
+        re = f"{rel[i]:10.2e}" if rel is not None else f"{'-':>10}"
+        lines.append(f"{i:>4}  {e:14.6f}  {ex}  {re}")
+    for key in ("mean_eigenvalue_relative_error", "angle_distance", "subspace_distance_avg", "subspace_distance_all",
+                "orthogonality_error"):
+        if metrics.get(key) is not None:
+            lines.append(f"{key:>32}: {metrics[key]:.3e}")
+    lines.append(f"{'steps_per_second':>32}: {metrics['steps_per_second']:.1f}  "
+                 f"(wall {metrics['wall_seconds']:.0f} s)")
+    return "\n".join(lines)
+
+
+def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, evaluate and write the outputs of ``config`` into ``out_dir``; returns the metrics."""
+    out_dir = Path(out_dir)
+    if config.train.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {config.train.dtype!r}; valid: {', '.join(DTYPES)}")
+    loss = make_loss(config.method, config.modes)
+    operator = make_operator(config)
+    if resume:
+        _check_resume(out_dir, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config.json", config.to_dict())
+    torch.manual_seed(config.seed)
+    model = make_model(config, operator.dim)
+    t = config.train
+    result = fit(model, operator, loss, steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
+                 schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay, seed=config.seed,
+                 device=config.device, dtype=DTYPES[t.dtype], checkpoint_dir=out_dir,
+                 checkpoint_every=t.checkpoint_every, resume=resume, progress=progress, log_every=t.log_every,
+                 eval_batches=t.eval_batches)
+    report = evaluate(result)
+    metrics = {
+        "problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
+        "batch_size": t.batch_size, "seed": config.seed, "device": config.device,
+        "wall_seconds": result.wall_seconds, "steps_per_second": result.steps_per_second, "status": "ok",
+        **report,
+    }
+    _write_json(out_dir / "metrics.json", metrics)
+    from .. import plotting
+
+    plotting.plot_eigenfunctions(result, operator, path=out_dir / "eigenfunctions.png")
+    exact = metrics["exact_eigenvalues"]
+    plotting.plot_training_curve(result.history, torch.tensor(exact) if exact is not None else None,
+                                 path=out_dir / "training_curve.png")
+    echo(summary_table(metrics))
+    echo(f"outputs written to {out_dir}/")
+    return metrics

@@ -1,0 +1,182 @@
+"""Value, gradient and Laplacian of models (forward jets, nested jvp, finite differences) against
+torch.autograd Hessians and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralsvd.autodiff import laplacian
+from neuralsvd.models import ACTIVATIONS, MLP, ParallelMLP
+from neuralsvd.operators.schrodinger import _hermite_functions
+
+F64 = torch.float64
+
+
+def _model(cls, d, L, activation, fourier_features, envelope, box):
+    torch.manual_seed(0)
+    model = cls(d, L, hidden=(6, 5), activation=activation, fourier_features=fourier_features, fourier_scale=0.5,
+                envelope=envelope, envelope_scale=2.0, box=box).double()
+    # non-zero biases so that every layer's affine part is exercised
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
+def _points(n, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = 4 * torch.rand(n, d, dtype=F64, generator=g) - 2  # inside the box [-5, 5]^d
+    return x[x.norm(dim=1) > 0.3]  # away from the envelope's kink at 0
+
+
+def _autograd_reference(model, x):
+    """Per-sample, per-output Jacobian and Hessian trace by torch.autograd.functional."""
+    n, d = x.shape
+    L = model(x[:1]).shape[1]
+    grads = torch.empty(n, d, L, dtype=F64)
+    laps = torch.empty(n, L, dtype=F64)
+    for i in range(n):
+        jac = torch.autograd.functional.jacobian(lambda xi: model(xi[None])[0], x[i])  # (L, d)
+        grads[i] = jac.T
+        for l in range(L):
+            hess = torch.autograd.functional.hessian(lambda xi, l=l: model(xi[None])[0, l], x[i])
+            laps[i, l] = torch.trace(hess)
+    return grads, laps
+
+
+MODEL_GRID = [
+    pytest.param(cls, act, ff, env, box, id=f"{cls.__name__}-{act}-ff{ff}-{'env' if env else 'noenv'}-box{box}")
+    for cls in (ParallelMLP, MLP)
+    for act in ("softplus", "tanh", "silu", "sin")
+    for ff in (0, 8)
+    for env in (False, True)
+    for box in (None, 5.0)
+]
+
+
+@pytest.mark.parametrize("cls,activation,fourier_features,envelope,box", MODEL_GRID)
+def test_jet_laplacian_matches_autograd_hessian_trace(cls, activation, fourier_features, envelope, box):
+    d, L = 3, 2
+    model = _model(cls, d, L, activation, fourier_features, envelope, box)
+    x = _points(4, d)
+    value, grad, lap = laplacian(model, x)
+    ref_grad, ref_lap = _autograd_reference(model, x)
+    torch.testing.assert_close(value, model(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lap, ref_lap, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [ParallelMLP, MLP])
+@pytest.mark.parametrize("d", [1, 2])
+def test_jet_laplacian_low_dimensions_with_envelope_and_box(cls, d):
+    """The envelope's ∇r, Δr = (d-1)/r and the box factor's product rule depend on d."""
+    model = _model(cls, d, 3, "softplus", 4, True, 3.0)
+    x = _points(5, d, seed=1)
+    value, grad, lap = laplacian(model, x)
+    ref_grad, ref_lap = _autograd_reference(model, x)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lap, ref_lap, rtol=1e-10, atol=1e-10)
+
+
+GENERIC_GRID = [
+    pytest.param(cls, act, ff, env, box, id=f"{cls.__name__}-{act}-ff{ff}-{'env' if env else 'noenv'}-box{box}")
+    for cls in (ParallelMLP, MLP)
+    for act in ("softplus", "sin")
+    for ff, env, box in ((0, False, None), (8, True, 5.0))
+]
+
+
+@pytest.mark.parametrize("cls,activation,fourier_features,envelope,box", GENERIC_GRID)
+def test_generic_nested_jvp_path_matches_jet(cls, activation, fourier_features, envelope, box):
+    d = 3
+    model = _model(cls, d, 3, activation, fourier_features, envelope, box)
+    x = _points(6, d)
+    v_jet, g_jet, l_jet = laplacian(model, x)
+    v, g, lap = laplacian(lambda y: model(y), x)  # a plain callable: no .jet
+    torch.testing.assert_close(v, v_jet, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_jet, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lap, l_jet, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls,activation,fourier_features,envelope,box", GENERIC_GRID)
+def test_finite_differences_match_jet(cls, activation, fourier_features, envelope, box):
+    d = 3
+    model = _model(cls, d, 3, activation, fourier_features, envelope, box)
+    x = _points(6, d)
+    v_jet, g_jet, l_jet = laplacian(model, x)
+    v, g, lap = laplacian(model, x, method="fd", eps=1e-3)
+    torch.testing.assert_close(v, v_jet, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_jet, rtol=1e-4, atol=1e-4 * g_jet.abs().max().item())
+    torch.testing.assert_close(lap, l_jet, rtol=1e-4, atol=1e-4 * l_jet.abs().max().item())
+
+
+def test_jet_runs_without_building_a_graph():
+    model = _model(ParallelMLP, 2, 2, "tanh", 0, False, None)
+    x = _points(4, 2)
+    with torch.no_grad():
+        _, _, lap = laplacian(model, x)
+    assert not lap.requires_grad
+    _, ref_lap = _autograd_reference(model, x)
+    torch.testing.assert_close(lap, ref_lap, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivatives_match_autograd(name):
+    h = torch.linspace(-4, 4, 41, dtype=F64, requires_grad=True)
+    s0, s1, s2 = ACTIVATIONS[name](h)
+    (d1,) = torch.autograd.grad(s0.sum(), h, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), h)
+    torch.testing.assert_close(s1, d1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2, d2, rtol=1e-12, atol=1e-12)
+
+
+# --- closed forms ---------------------------------------------------------------------------------------
+
+def _gaussian(x):
+    return torch.exp(-0.5 * (x * x).sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("method,tol", [("exact", 1e-12), ("fd", 1e-5)])
+def test_gaussian_laplacian_closed_form(method, tol):
+    d = 3
+    x = torch.randn(7, d, dtype=F64)
+    value, grad, lap = laplacian(_gaussian, x, method=method, eps=1e-3)
+    r2 = (x * x).sum(1, keepdim=True)
+    e = torch.exp(-0.5 * r2)
+    torch.testing.assert_close(value, e, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(grad, (-x * e).unsqueeze(-1), rtol=tol, atol=tol)
+    torch.testing.assert_close(lap, (r2 - d) * e, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("omega", [1.0, 1.7])
+def test_hermite_function_laplacian_closed_form(omega):
+    kmax = 6
+    x = torch.linspace(-3.5, 3.5, 15, dtype=F64).unsqueeze(1)
+    _, _, lap = laplacian(lambda y: _hermite_functions(y[:, 0], omega, kmax), x)
+    h = _hermite_functions(x[:, 0], omega, kmax)
+    k = torch.arange(kmax + 1, dtype=F64)
+    expected = (omega**2 * x * x - omega * (2 * k + 1)) * h
+    torch.testing.assert_close(lap, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hermite_functions_orthonormal():
+    omega, kmax = 1.3, 7
+    from neuralsvd.quadrature import box
+
+    q = box([12.0], 16, 24)
+    h = _hermite_functions(q.points[:, 0], omega, kmax)
+    torch.testing.assert_close(q.inner(h, h), torch.eye(kmax + 1, dtype=F64), rtol=0, atol=1e-12)
+    # k = 0 against the closed form (ω/π)^¼ exp(-ω x²/2)
+    x = q.points[:, 0]
+    torch.testing.assert_close(h[:, 0], (omega / math.pi) ** 0.25 * torch.exp(-0.5 * omega * x * x))
+
+
+def test_laplacian_argument_errors():
+    with pytest.raises(ValueError, match=r"x must have shape \(n, d\)"):
+        laplacian(_gaussian, torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="unknown Laplacian method 'spectral'; valid: 'exact', 'fd'"):
+        laplacian(_gaussian, torch.zeros(3, 2, dtype=F64), method="spectral")
