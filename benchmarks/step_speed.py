@@ -4,7 +4,8 @@
 Configuration (the paper's 2D hydrogen setup): L = 16 modes, batch 128, ``ParallelMLP`` with widths
 (128, 128, 128) and softplus, (a) on raw inputs and (b) on 1024 shared Fourier features at scale 0.1;
 samples from N(0, 16² I); T = 100·(-H); RMSProp(lr 1e-4, α 0.999, eps 1e-10); NestedLoRA with uniform
-joint weights. All variants share one model instance (one set of weights) and one optimizer and are
+joint weights in every variant (a fair cost comparison; sequential nesting differs only in the masks of
+the library's custom backward, at identical cost). All variants share one model instance (one set of weights) and one optimizer and are
 timed in interleaved blocks, so that machine noise hits them alike.
 
 Variants:
@@ -17,7 +18,11 @@ Variants:
 * ``reference`` -- the authors' formulation, written here: 5-point central differences (ε = 0.01,
   float32) whose 2d + 1 = 5 evaluations (one batched forward over 5n points) all stay in the autograd
   graph, the importance-trick formula Δ(√p f)/√p = Δf + 2∇u·∇f + (|∇u|² + Δu) f, and the plain-autograd
-  NestedLoRA objective ``-2 Σ v_l mean(f_l Tf_l) + Σ M ∘ Λa ∘ Λb`` differentiated through Tf.
+  NestedLoRA objective ``-2 Σ v_l mean(f_l Tf_l) + Σ M ∘ Λa ∘ Λb`` differentiated through Tf. Sampling
+  and ∇u, Δu of u = ½ log p come from the library's sampler (no network involved).
+
+Timing leaves out what fit adds around the step (LR scheduler, loss/eigenvalue history, EMA): tens of µs.
+On a shared machine prefer the CPU-time columns (process CPU time is not charged while descheduled).
 
 Accuracy: relative error ‖Tf - Tf_exact‖ / ‖Tf_exact‖ (and of the Laplacian Δf alone) at one fixed
 batch, against the exact jet Laplacian on a float64 copy of the model; at initialization and after the
@@ -75,15 +80,18 @@ class AuthorsReference:
         i = torch.arange(L)
         self.m = self.v[torch.maximum(i[:, None], i[None, :])]  # M_lm = v_max(l,m)
 
-    def apply(self, model, x):
-        """``(f(x), (Tf)(x))``, both in the autograd graph (5 forward passes batched into one)."""
+    def derivatives(self, model, x):
+        """``f``, ``∇f`` (d, n, L), ``Δf`` by central differences, all in the graph (one batched forward)."""
         n, d = x.shape
         h = self.eps * torch.eye(d, dtype=x.dtype)
         xs = torch.cat([x[None], x + h[:, None], x - h[:, None]])  # (2d+1, n, d)
         ys = model(xs.reshape(-1, d)).reshape(2 * d + 1, n, -1)
         f, fp, fm = ys[0], ys[1 : d + 1], ys[d + 1 :]
-        grad = (fp - fm) / (2 * self.eps)  # (d, n, L)
-        lap = ((fp + fm).sum(0) - 2 * d * f) / self.eps**2
+        return f, (fp - fm) / (2 * self.eps), ((fp + fm).sum(0) - 2 * d * f) / self.eps**2
+
+    def apply(self, model, x):
+        """``(f(x), (Tf)(x))``, both in the autograd graph."""
+        f, grad, lap = self.derivatives(model, x)
         _, du, lap_u = self.op.sampler.half_log_density_derivatives(x)  # u = ½ log p: (n, d), (n,)
         lap_psi = lap + 2 * (du.T[..., None] * grad).sum(0) + ((du * du).sum(1) + lap_u)[:, None] * f
         tf = self.op.scale * ((self.op.shift - self.op.potential(x))[:, None] * f + self.op.kinetic * lap_psi)
@@ -140,7 +148,7 @@ def accuracy(model, ref: AuthorsReference, x: torch.Tensor) -> dict[str, tuple[f
         lap_exact = m64.jet(x64)[-1]
         rows = {
             "library exact jet, float32": (exact_op.apply(model, x)[1], model.jet(x)[-1]),
-            "reference FD eps=0.01, float32": (ref.apply(model, x)[1], _fd_laplacian(model, x)),
+            "reference FD eps=0.01, float32": (ref.apply(model, x)[1], ref.derivatives(model, x)[2]),
             "library FD eps=0.01, float32": (fd_op.apply(model, x)[1], _fd_laplacian(model, x)),
             "library FD eps=0.01, float64": (fd_op.apply(m64, x64)[1], _fd_laplacian(m64, x64)),
         }
@@ -205,8 +213,8 @@ def profile_ours(model, op, loss, opt, gen, steps: int = 10) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
-    p.add_argument("--steps-per-round", type=int, default=None,
-                   help="steps per variant per round (default: 20 without Fourier features, 8 with)")
+    p.add_argument("--steps-per-round", type=int, default=20,
+                   help="steps per variant per round (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps per variant (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--acc-points", type=int, default=2048, help="points in the fixed accuracy batch")
@@ -248,7 +256,7 @@ def main(argv=None) -> None:
         acc_rows += [(name, "init", k, v) for k, v in accuracy(init_model, ref, x_acc).items()]
         grad_rows.append((name, "init", gradient_agreement(init_model, ref, x_acc[:BATCH])))
 
-        steps = args.steps_per_round or (20 if CONFIGS[name]["fourier_features"] == 0 else 8)
+        steps = args.steps_per_round
         variants = {
             "ours (exact jet, detached Tf)": lambda: library_step(model, op, loss, opt, gen),
             "ours-fd (library FD, detached Tf)": lambda: library_step(model, op_fd, loss, opt, gen),
@@ -265,9 +273,10 @@ def main(argv=None) -> None:
         acc_rows += [(name, label, k, v) for k, v in accuracy(model, ref, x_acc).items()]
         grad_rows.append((name, label, gradient_agreement(model, ref, x_acc[:BATCH])))
         if args.profile:
-            profiles.append((name, profile_ours(copy.deepcopy(model), op, loss, make_optimizer(model), gen)))
+            clone = copy.deepcopy(model)
+            profiles.append((name, profile_ours(clone, op, loss, make_optimizer(clone), gen)))
 
-    rounds_txt = f"{args.rounds} rounds x {args.steps_per_round or '20 (no FF) / 8 (FF)'} steps, interleaved"
+    rounds_txt = f"{args.rounds} rounds x {args.steps_per_round} steps, interleaved"
     print(f"\nSpeed (median over {rounds_txt}; warm-up {args.warmup} steps each)")
     print(f"{'config':<13} {'variant':<40} {'steps/s':>8} {'ms/step':>8} {'best':>6} {'CPU ms':>7} "
           f"{'ours/this':>9} {'(CPU)':>6}")

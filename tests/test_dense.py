@@ -158,3 +158,16 @@ def test_dense_operator_closed_forms_match_numpy(symmetric_problem, rectangular_
     np.testing.assert_allclose(tfy.numpy(), right.numpy() * s[:4], atol=1e-12)  # T φ = σ ψ
     np.testing.assert_allclose(tadj.numpy(), left.numpy() * s[:4], atol=1e-12)  # T* ψ = σ φ
     np.testing.assert_allclose(_abs_cos(left.numpy(), vr[:, :4]), 1.0, rtol=1e-12)
+
+
+def test_norm_read_out_agrees_with_rayleigh_at_convergence():
+    """At the NestedLoRA optimum ‖f_l‖² = λ_l: both read-outs give numpy's eigenvalues."""
+    gen = np.random.default_rng(3)
+    q, _ = np.linalg.qr(gen.normal(size=(12, 12)))
+    evals = np.concatenate([[3.0, 2.0], gen.uniform(-0.5, 0.5, size=10)])
+    a = torch.tensor((q * evals) @ q.T)
+    torch.manual_seed(0)
+    res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), nsvd.operators.DenseOperator(a),
+                   nsvd.NestedLoRA(2, unbiased=False), steps=2000, batch_size=12, lr=3e-2, progress=False)
+    torch.testing.assert_close(res.norm_eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-8, atol=0)

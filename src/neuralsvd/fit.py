@@ -71,6 +71,14 @@ class FitResult:
     def singular_values(self) -> Tensor:
         return self.eigenvalues
 
+    @property
+    def norm_eigenvalues(self) -> Tensor:
+        """The second read-out, from norms: ``‖f_l‖²`` (SVD: ``‖f_l‖‖g_l‖``), which tends to the learned
+        ``T``'s eigenvalue at the NestedLoRA optimum, mapped to the reporting convention, in mode order.
+        Its gap to :attr:`eigenvalues` (Rayleigh quotients) is a convergence diagnostic."""
+        learned = self.norms * self.right_norms if self.is_svd else self.norms**2
+        return self.operator.eigenvalues_from_learned(learned)
+
     def _modes(self, module: nn.Module, x: Tensor, norms: Tensor) -> Tensor:
         p = next(module.parameters(), None)
         if p is not None and x.is_floating_point():
@@ -267,6 +275,7 @@ def fit(
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
 
+    loss.attach(model)
     opt = _make_optimizer(optimizer, params, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(schedule, steps, warmup))
     ema = [p.detach().clone() for p in params] if ema_decay is not None else None
@@ -283,6 +292,7 @@ def fit(
         for m, sd in zip(modules, state["models"]):
             m.load_state_dict(sd)
         opt.load_state_dict(state["optimizer"])
+        loss.load_state_dict(state["loss"])
         sched.load_state_dict(state["scheduler"])
         if ema is not None:
             for e, s in zip(ema, state["ema"]):
@@ -302,6 +312,7 @@ def fit(
             "step": step,
             "models": [m.state_dict() for m in modules],
             "optimizer": opt.state_dict(),
+            "loss": loss.state_dict(),
             "scheduler": sched.state_dict(),
             "ema": ema,
             "rng": _rng_state(generator),
@@ -355,7 +366,7 @@ def fit(
             p.data.copy_(e)
     for m in modules:
         m.eval()
-    final = tuple(modules) if svd else modules[0]
+    final = tuple(modules) if svd else loss.readout(modules[0])
     eval_gen = torch.Generator(device).manual_seed(seed + 1_000_003)
     learned, norms, right_norms = estimate_eigenvalues(final, operator, eval_batches, eval_batch_size or max(batch_size, 1024), eval_gen, dtype)
     if not bool(torch.isfinite(learned).all()):

@@ -12,24 +12,32 @@ from ..losses import NestedLoRA, SpectralLoss
 from ..operators.base import Operator
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
 
-__all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "make_operator"]
+__all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "build_model", "make_operator"]
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A named experiment: a one-line description, default configuration and operator builder."""
+    """A named experiment: a one-line description, default configuration, operator builder and,
+    optionally, a model builder ``(config, operator) -> model`` (default: :func:`make_model` on the
+    operator's input dimension; SVD problems return a ``(left, right)`` pair)."""
 
     name: str
     description: str
     default_config: Callable[[], ExperimentConfig]
     build_operator: Callable[[dict[str, Any]], Operator]
+    build_model: Callable[[ExperimentConfig, Operator], Any] | None = None
 
 
 def _gaussian_or_truncated(dim: int, params: dict[str, Any]) -> sampling.Sampler:
+    """``sampler_std``: one std (a Gaussian) or several (an equal-weight mixture of Gaussians);
+    ``sampler_bound``: truncate each to ``[-bound, bound]^d``."""
     std, bound = params.get("sampler_std"), params.get("sampler_bound")
-    if bound is None:
-        return sampling.Gaussian(dim, std)
-    return sampling.TruncatedGaussian(dim, std, bound)
+    stds = list(std) if isinstance(std, (tuple, list)) else [std]
+
+    def one(s: float) -> sampling.Sampler:
+        return sampling.Gaussian(dim, s) if bound is None else sampling.TruncatedGaussian(dim, s, bound)
+
+    return one(stds[0]) if len(stds) == 1 else sampling.Mixture([one(s) for s in stds])
 
 
 def _hydrogen_operator(p: dict[str, Any]) -> Operator:
@@ -95,6 +103,15 @@ METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
 }
 
 
+def _register_data_problems() -> None:
+    from .data_presets import DATA_PROBLEMS  # problems defined by data (kernels, graphs, paired samples)
+
+    PROBLEMS.update(DATA_PROBLEMS)
+
+
+_register_data_problems()
+
+
 def get_problem(name: str) -> Problem:
     if name not in PROBLEMS:
         raise ConfigError(f"unknown problem {name!r}; valid problems: {', '.join(PROBLEMS)}")
@@ -109,6 +126,14 @@ def make_loss(method: str, num_modes: int) -> SpectralLoss:
 
 def make_operator(config: ExperimentConfig) -> Operator:
     return get_problem(config.problem).build_operator(config.operator)
+
+
+def build_model(config: ExperimentConfig, operator: Operator) -> Any:
+    """The model(s) for ``config``: the problem's own builder, else :func:`make_model`."""
+    problem = get_problem(config.problem)
+    if problem.build_model is not None:
+        return problem.build_model(config, operator)
+    return make_model(config, operator.dim)
 
 
 def make_model(config: ExperimentConfig, in_features: int) -> nn.Module:

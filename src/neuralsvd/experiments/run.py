@@ -18,7 +18,7 @@ import torch
 from ..evaluation import evaluate
 from ..fit import fit
 from .config import ConfigError, ExperimentConfig
-from .presets import make_loss, make_model, make_operator
+from .presets import build_model, make_loss, make_operator
 
 __all__ = ["run", "summary_table"]
 
@@ -36,7 +36,7 @@ def _check_resume(out_dir: Path, config: ExperimentConfig) -> None:
     if not path.exists():
         raise ConfigError(f"--resume: no config.json in {out_dir}; nothing to resume")
     old = json.loads(path.read_text())
-    new = config.to_dict()
+    new = json.loads(json.dumps(config.to_dict()))  # tuples become lists, as in the file
     for d in (old, new):
         d["train"] = {k: v for k, v in d["train"].items() if k != "steps"}
     if old != new:
@@ -86,7 +86,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "config.json", config.to_dict())
     torch.manual_seed(config.seed)
-    model = make_model(config, operator.dim)
+    model = build_model(config, operator)
     t = config.train
     result = fit(model, operator, loss, steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
                  schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay, seed=config.seed,

@@ -64,6 +64,16 @@ class SpectralLoss(nn.Module):
         if n < self.min_batch_size:
             raise ValueError(f"{type(self).__name__} needs a batch of at least {self.min_batch_size} points, got {n}")
 
+    def attach(self, model: nn.Module | tuple[nn.Module, nn.Module]) -> None:
+        """Called by :func:`~neuralsvd.fit` before training with the model(s) being trained, for methods
+        whose update needs more than ``f(x)`` and ``(Tf)(x)`` (e.g. per-parameter Jacobian averages).
+        Default: nothing. State a loss keeps across steps must live in buffers (it is checkpointed)."""
+
+    def readout(self, model: nn.Module) -> nn.Module:
+        """The module whose outputs are the learned eigenfunctions, given the trained model (called by
+        :func:`~neuralsvd.fit` after training). Default: the model itself; e.g. SpIN whitens it."""
+        return model
+
     def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -1,0 +1,92 @@
+"""The command line and the experiment runner: outputs, their truthfulness, errors, overrides, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from neuralsvd import cli
+from neuralsvd.experiments import ConfigError, ExperimentConfig, get_problem
+from neuralsvd.operators import HarmonicOscillator
+
+TINY = ["--set", "model.hidden=(16, 16)", "--set", "train.eval_batches=2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["run", "oscillator", "--steps", "30", "--modes", "3", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_run_writes_outputs(tiny_run):
+    for name in ("config.json", "metrics.json", "eigenfunctions.png", "training_curve.png", "checkpoint.pt"):
+        assert (tiny_run / name).stat().st_size > 0, name
+
+
+def test_metrics_json_is_true(tiny_run):
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("problem", "method", "modes", "steps", "batch_size", "seed", "device", "wall_seconds",
+                "steps_per_second", "eigenvalues", "exact_eigenvalues", "eigenvalue_relative_error",
+                "mean_eigenvalue_relative_error", "angle_distance", "subspace_distance_avg",
+                "subspace_distance_all", "orthogonality_error"):
+        assert key in m, key
+    assert (m["problem"], m["method"], m["modes"], m["steps"]) == ("oscillator", "neuralsvd-seq", 3, 30)
+    exact = HarmonicOscillator(2).exact_eigenvalues(3)
+    assert m["exact_eigenvalues"] == exact.tolist()
+    ev = torch.tensor(m["eigenvalues"], dtype=torch.float64)
+    rel = (ev - exact).abs() / exact.abs()
+    assert torch.allclose(torch.tensor(m["eigenvalue_relative_error"], dtype=torch.float64), rel, rtol=1e-12)
+    assert m["mean_eigenvalue_relative_error"] == pytest.approx(float(rel.mean()), rel=1e-12)
+    assert 0 <= m["subspace_distance_all"] <= 1 and 0 <= m["angle_distance"] <= 1
+    assert m["steps_per_second"] == pytest.approx(30 / m["wall_seconds"], rel=1e-6)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["train"]["steps"] == 30 and cfg["model"]["hidden"] == [16, 16]
+
+
+def test_resume_continues_and_refuses_changed_config(tiny_run, capsys):
+    assert cli.main(["run", "oscillator", "--steps", "40", "--modes", "3", "--out", str(tiny_run), "--resume", *TINY]) == 0
+    assert json.loads((tiny_run / "metrics.json").read_text())["steps"] == 40
+    ckpt = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 40
+    code = cli.main(["run", "oscillator", "--steps", "50", "--modes", "3", "--out", str(tiny_run), "--resume",
+                     "--set", "train.lr=0.5", *TINY])
+    assert code == 2
+    assert "train.lr (0.001 -> 0.5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "helium"], "valid problems: hydrogen, hydrogen-paper, oscillator"),
+    (["run", "oscillator", "--method", "magic"], "valid methods: neuralsvd-seq, neuralsvd-joint"),
+    (["run", "oscillator", "--set", "lrr=1"], "unknown config key 'lrr'"),
+    (["run", "oscillator", "--set", "train.steps=abc"], "train.steps expects an integer"),
+    (["run", "oscillator", "--set", "nonsense"], "not of the form key=value"),
+    (["run", "oscillator", "--set", "train.optimizer=lbfgs", "--steps", "1"], "valid: adam, rmsprop, sgd"),
+])
+def test_cli_errors_are_clear(argv, message, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_needs_out(capsys):
+    assert cli.main(["run", "oscillator", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_list_names_problems_and_methods(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hydrogen", "hydrogen-paper", "oscillator", "neuralsvd-seq", "neuralsvd-joint"):
+        assert name in out
+
+
+def test_overrides_coerce_types_and_resolve_bare_keys():
+    cfg = get_problem("hydrogen").default_config().with_overrides(
+        ["lr=3e-4", "hidden=(64, 64)", "steps=7", "operator.sampler_std=(2.0, 8.0)", "ema_decay=0.99", "modes=16"])
+    assert cfg.train.lr == 3e-4 and cfg.model.hidden == (64, 64) and cfg.train.steps == 7
+    assert cfg.operator["sampler_std"] == (2.0, 8.0) and cfg.train.ema_decay == 0.99 and cfg.modes == 16
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="expects a number"):
+        cfg.with_overrides(["lr=fast"])
