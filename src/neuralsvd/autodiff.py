@@ -2,10 +2,10 @@
 
 Three ways, all through :func:`laplacian`:
 
-* ``"exact"`` on a model with a ``jet(x)`` method (every model in :mod:`neuralsvd.models`): a forward
-  pass that carries value, gradient and Laplacian through each layer ("forward Laplacian"). Linear
-  layers act on the stacked ``(d + 2)`` jet in one batched matmul; activations use their first and second
-  derivatives. No backward graph is built, so it is cheap and runs under ``torch.no_grad``.
+* ``"exact"`` on a model with ``value_and_jet(x)`` (the MLPs of :mod:`neuralsvd.models`) or ``jet(x)``:
+  a forward pass that carries value, gradient and Laplacian through each layer ("forward Laplacian").
+  Linear layers act on the stacked derivative channels in one batched matmul; activations use their
+  first and second derivatives. No backward graph is built for the derivatives.
 * ``"exact"`` on any other callable: forward-over-forward mode (``torch.func.jvp`` nested once per
   input coordinate, ``d`` passes in all, each covering every output at once; never a loop over outputs).
 * ``"fd"``: central finite differences with step ``eps`` (``2d + 1`` evaluations), an option for
@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["laplacian", "jet_input", "jet_linear", "jet_elementwise", "jet_product", "jet_split"]
+__all__ = ["laplacian", "value_and_derivatives", "jet_input", "jet_product", "jet_split"]
 
 Derivatives = tuple[Tensor, Tensor, Tensor]  # value (n, L), gradient (n, d, L), Laplacian (n, L)
 
@@ -37,24 +37,6 @@ def jet_input(x: Tensor) -> Tensor:
 def jet_split(jet: Tensor) -> Derivatives:
     """``(value, gradient, Laplacian)`` of a jet ``(d + 2, n, k)`` as ``((n, k), (n, d, k), (n, k))``."""
     return jet[0], jet[1:-1].movedim(0, 1), jet[-1]
-
-
-def jet_linear(jet: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """Affine map ``h -> h @ weight + bias`` applied to a jet (the bias touches only the value)."""
-    out = torch.matmul(jet, weight)
-    if bias is not None:
-        out = torch.cat([out[:1] + bias, out[1:]], 0)
-    return out
-
-
-def jet_elementwise(jet: Tensor, fn: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """Elementwise ``σ`` on a jet; ``fn(h) -> (σ(h), σ'(h), σ''(h))``.
-
-    Chain rule: ``∇σ(h) = σ'(h) ∇h`` and ``Δσ(h) = σ''(h) |∇h|² + σ'(h) Δh``.
-    """
-    h, grad, lap = jet[0], jet[1:-1], jet[-1]
-    s0, s1, s2 = fn(h)
-    return torch.cat([s0.unsqueeze(0), s1 * grad, (s2 * (grad * grad).sum(0) + s1 * lap).unsqueeze(0)], 0)
 
 
 def jet_product(a: Tensor, b: Tensor) -> Tensor:
@@ -98,7 +80,7 @@ def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", e
     """Value, gradient and Laplacian of ``f`` at ``x``.
 
     Args:
-        f: callable ``(n, d) -> (n, L)``; if it has a ``jet`` method it is used for ``"exact"``.
+        f: callable ``(n, d) -> (n, L)``; its ``value_and_jet`` or ``jet`` method is used for ``"exact"``.
         x: points, ``(n, d)``.
         method: ``"exact"`` (default) or ``"fd"`` (central finite differences with step ``eps``).
 
@@ -109,10 +91,26 @@ def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", e
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
     if method == "exact":
-        jet = getattr(f, "jet", None)
-        if callable(jet):
-            return jet_split(jet(x))
+        if callable(getattr(f, "value_and_jet", None)):
+            return jet_split(f.value_and_jet(x)[1])
+        if callable(getattr(f, "jet", None)):
+            return jet_split(f.jet(x))
         return _exact_functional(f, x)
     if method == "fd":
         return _finite_differences(f, x, eps)
     raise ValueError(f"unknown Laplacian method {method!r}; valid: 'exact', 'fd'")
+
+
+def value_and_derivatives(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2
+                          ) -> tuple[Tensor, Derivatives]:
+    """``f(x)`` with its autograd graph, and ``(value, gradient, Laplacian)`` without one.
+
+    Models with ``value_and_jet`` share one pass between the two; otherwise ``f`` runs once with the
+    graph and :func:`laplacian` once under ``torch.no_grad``.
+    """
+    if method == "exact" and callable(getattr(f, "value_and_jet", None)):
+        fx, jet = f.value_and_jet(x)
+        return fx, jet_split(jet)
+    fx = f(x)
+    with torch.no_grad():
+        return fx, laplacian(f, x, method, eps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -9,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -200,6 +201,17 @@ def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_siz
     return sums["cross"] / sums["ff"], norms, None
 
 
+@contextlib.contextmanager
+def _flush_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero (they make e.g. softplus of very negative inputs several times
+    slower on CPUs; values below ~1e-38 change only). torch has no getter: the default is restored."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     return {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -328,32 +340,33 @@ def fit(
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"fit {type(operator).__name__}", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for step in range(start, steps):
-        out = _step_outputs(operator, loss, model, batch_size, generator, dtype)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        sched.step()
-        if ema is not None:
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
-        hist_loss[step] = out.loss.detach()
-        hist_eig[step] = out.eigenvalues
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            current = hist_loss[step].item()
-            if not math.isfinite(current) or not bool(torch.isfinite(hist_eig[step]).all()):
-                raise DivergenceError(
-                    f"non-finite loss ({current}) or eigenvalue estimate at step {step + 1}; "
-                    f"try a smaller lr (now {lr}) or check the operator/potential for NaNs"
-                )
+    with _flush_denormals():
+        t0 = time.perf_counter()
+        for step in range(start, steps):
+            out = _step_outputs(operator, loss, model, batch_size, generator, dtype)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
+            hist_loss[step] = out.loss.detach()
+            hist_eig[step] = out.eigenvalues
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                current = hist_loss[step].item()
+                if not math.isfinite(current) or not bool(torch.isfinite(hist_eig[step]).all()):
+                    raise DivergenceError(
+                        f"non-finite loss ({current}) or eigenvalue estimate at step {step + 1}; "
+                        f"try a smaller lr (now {lr}) or check the operator/potential for NaNs"
+                    )
+                if bar is not None:
+                    shown = operator.eigenvalues_from_learned(hist_eig[step][: min(num_modes, 4)]).tolist()
+                    bar.set_postfix_str(f"loss={current:.4g} eig=[{', '.join(f'{e:.4g}' for e in shown)}"
+                                        f"{', ...' if num_modes > 4 else ''}]")
+            if ckpt_path is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
+                checkpoint(step + 1)
             if bar is not None:
-                shown = operator.eigenvalues_from_learned(hist_eig[step][: min(num_modes, 4)]).tolist()
-                bar.set_postfix_str(f"loss={current:.4g} eig=[{', '.join(f'{e:.4g}' for e in shown)}"
-                                    f"{', ...' if num_modes > 4 else ''}]")
-        if ckpt_path is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
-            checkpoint(step + 1)
-        if bar is not None:
-            bar.update(1)
+                bar.update(1)
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()

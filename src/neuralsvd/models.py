@@ -1,8 +1,9 @@
 """Function approximators ``x (n, d) -> (n, L)``: one output column per learned mode.
 
-Any ``nn.Module`` with that signature works with :func:`neuralsvd.fit`. The models here add a
-``jet(x)`` method (value, gradient and Laplacian in one forward pass, see :mod:`neuralsvd.autodiff`) so
-that differential operators get exact second derivatives at the cost of a few forward passes.
+Any ``nn.Module`` with that signature works with :func:`neuralsvd.fit`. The MLPs here add
+``value_and_jet(x)``: the outputs (with graph) and their gradient and Laplacian (without) in one forward
+pass, see :mod:`neuralsvd.autodiff`, so differential operators get exact second derivatives at the cost
+of ``d + 1`` extra matmul channels per layer.
 
 * :class:`ParallelMLP`: ``L`` disjoint MLPs evaluated as one batched module (stacked weights, batched
   matmul): the paper's architecture, one network per mode.
@@ -17,43 +18,48 @@ of ``[-D, D]^d``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .autodiff import jet_elementwise, jet_input, jet_product
+from .autodiff import jet_input, jet_product
 
-__all__ = ["ParallelMLP", "MLP", "Tabular", "ACTIVATIONS"]
+__all__ = ["ParallelMLP", "MLP", "Tabular", "ACTIVATIONS", "Activation"]
 
 
-def _softplus(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+class Activation(NamedTuple):
+    """An activation ``σ`` with ``derivatives(h) -> (σ'(h), σ''(h))`` for forward jets."""
+
+    value: Callable[[Tensor], Tensor]
+    derivatives: Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def _softplus_derivatives(h: Tensor) -> tuple[Tensor, Tensor]:
     s = torch.sigmoid(h)
-    return nn.functional.softplus(h), s, s * (1 - s)
+    return s, s * (1 - s)
 
 
-def _tanh(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _tanh_derivatives(h: Tensor) -> tuple[Tensor, Tensor]:
     t = torch.tanh(h)
     d1 = 1 - t * t
-    return t, d1, -2 * t * d1
+    return d1, -2 * t * d1
 
 
-def _sin(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    s = torch.sin(h)
-    return s, torch.cos(h), -s
+def _sin_derivatives(h: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.cos(h), -torch.sin(h)
 
 
-def _silu(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _silu_derivatives(h: Tensor) -> tuple[Tensor, Tensor]:
     s = torch.sigmoid(h)
-    return h * s, s * (1 + h * (1 - s)), s * (1 - s) * (2 + h * (1 - 2 * s))
+    return s * (1 + h * (1 - s)), s * (1 - s) * (2 + h * (1 - 2 * s))
 
 
-#: name -> h -> (σ(h), σ'(h), σ''(h))
-ACTIVATIONS: dict[str, Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]] = {
-    "softplus": _softplus,
-    "tanh": _tanh,
-    "sin": _sin,
-    "silu": _silu,
+ACTIVATIONS: dict[str, Activation] = {
+    "softplus": Activation(nn.functional.softplus, _softplus_derivatives),
+    "tanh": Activation(torch.tanh, _tanh_derivatives),
+    "sin": Activation(torch.sin, _sin_derivatives),
+    "silu": Activation(nn.functional.silu, _silu_derivatives),
 }
 
 
@@ -126,59 +132,85 @@ class _BatchedMLP(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"expected x of shape (n, {self.in_features}), got {tuple(x.shape)}")
 
-    # -- plain forward -------------------------------------------------------------------------------
+    # -- forward, optionally with a jet (value, gradient, Laplacian) -----------------------------------
     def forward(self, x: Tensor) -> Tensor:
+        return self.value_and_jet(x, derivatives=False)[0]
+
+    def value_and_jet(self, x: Tensor, derivatives: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Outputs ``(n, L)`` (differentiable in the parameters) and, if ``derivatives``, their jet
+        ``(d + 2, n, L)`` (value, ``∂/∂x_i``, Laplacian; computed without a graph).
+
+        One pass: the value channel is the ordinary forward; the ``d + 1`` derivative channels are
+        pushed through the same layers as one batched matmul per layer (no bias), with the chain rule
+        ``∇σ(z) = σ'(z) ∇z``, ``Δσ(z) = σ''(z) |∇z|² + σ'(z) Δz`` at each activation.
+        """
         self._check(x)
-        n = x.shape[0]
-        h = self._features(x)  # (n, F)
-        act = ACTIVATIONS[self.activation]
-        h = (h @ self.first_weight.flatten(1)).view(n, self.groups, -1).transpose(0, 1) + self.first_bias  # (G, n, H)
-        h = act(h)[0]
+        n, groups = x.shape[0], self.groups
+        z = (self._features(x) @ self.first_weight.flatten(1)).view(n, groups, -1).transpose(0, 1)
+        z = z + self.first_bias  # (G, n, H)
+        chans = None
+        if derivatives:
+            with torch.no_grad():
+                feats = self._features_jet(x)[1:]  # (d+1, n, F)
+                k = feats.shape[0]
+                chans = (feats.reshape(k * n, -1) @ self.first_weight.detach().flatten(1)).view(k, n, groups, -1)
+                chans = chans.permute(2, 0, 1, 3).contiguous()  # (G, d+1, n, H)
+        h, chans = self._activate(z, chans)
         for w, b in zip(self.weights, self.biases):
-            h = act(torch.baddbmm(b, h, w))[0]
+            h, chans = self._activate(torch.baddbmm(b, h, w), self._propagate(chans, w))
         out = torch.baddbmm(self.out_bias, h, self.out_weight)  # (G, n, out)
-        out = out.permute(1, 0, 2).reshape(n, self.num_modes)  # (n, L)
+        value = out.transpose(0, 1).reshape(n, self.num_modes)  # (n, L)
+        jet = None
+        if derivatives:
+            with torch.no_grad():
+                d_out = self._propagate(chans, self.out_weight)  # (G, d+1, n, out)
+                d_out = d_out.permute(1, 2, 0, 3).reshape(-1, n, self.num_modes)  # (d+1, n, L)
+                jet = torch.cat([value.detach().unsqueeze(0), d_out], 0)  # (d+2, n, L)
         if self.log_envelope_scale is not None:
-            out = out * torch.exp(-x.norm(dim=1, keepdim=True) / self.log_envelope_scale.exp())
+            value = value * self._envelope_value(x)
+            if jet is not None:
+                with torch.no_grad():
+                    jet = jet_product(jet, self._envelope_jet(x))
         if self.box is not None:
-            out = out * self._box_factor(x)[0].prod(1, keepdim=True)
-        return out
+            value = value * self._box_factor(x)[0].prod(1, keepdim=True)
+            if jet is not None:
+                with torch.no_grad():
+                    jet = jet_product(jet, self._box_jet(x))
+        return value, jet
+
+    def jet(self, x: Tensor) -> Tensor:
+        """Value, gradient and Laplacian of every output: a jet of shape ``(d + 2, n, L)``, no graph."""
+        with torch.no_grad():
+            return self.value_and_jet(x)[1]
+
+    def _activate(self, z: Tensor, chans: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``σ(z)`` (with graph) and the activated derivative channels ``(G, d+1, n, H)`` (without)."""
+        act = ACTIVATIONS[self.activation]
+        h = act.value(z)
+        if chans is None:
+            return h, None
+        with torch.no_grad():
+            s1, s2 = act.derivatives(z.detach())  # (G, n, H)
+            grads = chans[:, :-1]  # (G, d, n, H)
+            out = torch.empty_like(chans)
+            torch.mul(grads, s1.unsqueeze(1), out=out[:, :-1])
+            out[:, -1] = s2 * (grads * grads).sum(1) + s1 * chans[:, -1]
+        return h, out
+
+    @staticmethod
+    def _propagate(chans: Tensor | None, w: Tensor) -> Tensor | None:
+        """Linear part of a layer on the derivative channels: ``(G, k, n, a) @ (G, a, b)`` as one bmm."""
+        if chans is None:
+            return None
+        with torch.no_grad():
+            g, k, n, a = chans.shape
+            return torch.bmm(chans.view(g, k * n, a), w.detach()).view(g, k, n, -1)
 
     def _features(self, x: Tensor) -> Tensor:
         if self.frequencies is None:
             return x
         z = 2 * math.pi * x @ self.frequencies
         return torch.cat([torch.cos(z), torch.sin(z)], 1)
-
-    # -- jet forward (value, gradient, Laplacian) -------------------------------------------------------
-    def jet(self, x: Tensor) -> Tensor:
-        """Value, gradient and Laplacian of every output: a jet of shape ``(d + 2, n, L)``."""
-        self._check(x)
-        n, d = x.shape
-        k = d + 2
-        feats = self._features_jet(x)  # (K, n, F)
-        act = ACTIVATIONS[self.activation]
-        h = (feats.reshape(k * n, -1) @ self.first_weight.flatten(1)).view(k, n, self.groups, -1)
-        h = h.permute(0, 2, 1, 3)  # (K, G, n, H)
-        h = torch.cat([h[:1] + self.first_bias, h[1:]], 0)
-        h = jet_elementwise(h, act)
-        for w, b in zip(self.weights, self.biases):
-            h = self._jet_bmm(h, w, b)
-            h = jet_elementwise(h, act)
-        out = self._jet_bmm(h, self.out_weight, self.out_bias)  # (K, G, n, out)
-        out = out.permute(0, 2, 1, 3).reshape(k, n, self.num_modes)  # (K, n, L)
-        if self.log_envelope_scale is not None:
-            out = jet_product(out, self._envelope_jet(x))
-        if self.box is not None:
-            out = jet_product(out, self._box_jet(x))
-        return out
-
-    @staticmethod
-    def _jet_bmm(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        """Affine map of a ``(K, G, n, a)`` jet by per-group weights ``(G, a, b)``: one bmm over groups."""
-        k, g, n, a = h.shape
-        out = torch.bmm(h.transpose(0, 1).reshape(g, k * n, a), w).view(g, k, n, -1).transpose(0, 1)
-        return torch.cat([out[:1] + b, out[1:]], 0)
 
     def _features_jet(self, x: Tensor) -> Tensor:
         if self.frequencies is None:
@@ -190,6 +222,9 @@ class _BatchedMLP(nn.Module):
         value = torch.cat([c, s], 1)  # (n, 2F)
         lap = -(b * b).sum(0).repeat(2) * value
         return torch.cat([value.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
+
+    def _envelope_value(self, x: Tensor) -> Tensor:
+        return torch.exp(-x.norm(dim=1, keepdim=True) / self.log_envelope_scale.exp())  # (n, L)
 
     def _envelope_jet(self, x: Tensor) -> Tensor:
         """Jet of ``exp(-|x| / s_l)``, ``(K, n, L)``; uses ``∇r = x/r`` and ``Δr = (d-1)/r``."""

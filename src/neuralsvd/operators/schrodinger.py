@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import quadrature as quad
-from ..autodiff import laplacian
+from ..autodiff import value_and_derivatives
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 
@@ -80,10 +80,9 @@ class Schrodinger(Operator):
     def _apply_operator(self, f: Function, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (n, {self.dim}), got {tuple(x.shape)}")
-        fx = f(x)  # (n, L), with graph
-        check_model_output(fx, x.shape[0])
+        fx, (value, grad, lap) = value_and_derivatives(f, x, self.laplacian_method, self.fd_eps)
+        check_model_output(fx, x.shape[0])  # fx (n, L) with graph; value (n, L), grad (n, d, L), lap (n, L)
         with torch.no_grad():
-            value, grad, lap = laplacian(f, x, self.laplacian_method, self.fd_eps)  # (n,L) (n,d,L) (n,L)
             _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
             lap_psi = lap + 2 * (du.unsqueeze(-1) * grad).sum(1) + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
             v = self.potential(x).unsqueeze(-1)  # (n, 1)
