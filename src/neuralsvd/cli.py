@@ -8,6 +8,7 @@ import time
 from typing import Sequence
 
 from .experiments import METHODS, PROBLEMS, ConfigError, get_problem, run
+from .checkpoint import CheckpointError
 from .fit import DivergenceError
 
 
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
         out = args.out or f"runs/{config.problem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run(config, out, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"neuralsvd: error: {err}", file=sys.stderr)
         return 2
     except DivergenceError as err:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
-import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -15,10 +14,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .losses.base import LossOutput, SpectralLoss
 from .operators.base import Operator
 
-__all__ = ["fit", "FitResult", "DivergenceError", "estimate_eigenvalues"]
+__all__ = ["fit", "FitResult", "DivergenceError", "CheckpointError", "estimate_eigenvalues"]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -212,19 +212,131 @@ def _flush_denormals() -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
+class _Training:
+    """The mutable state of one run: models, optimizer, schedule, EMA, loss buffers, RNG, history.
+
+    ``state_dict``/``load_state_dict`` give the checkpoint; ``snapshot``/``restore`` the in-memory copy
+    the divergence guard rolls back to (parameters, optimizer, schedule, EMA and loss state; the sampling
+    stream is not rewound, so a retry sees fresh batches).
+    """
+
+    def __init__(self, modules: tuple[nn.Module, ...], svd: bool, operator: Operator, loss: SpectralLoss,
+                 optimizer: str, lr: float, schedule: str, steps: int, warmup: int, ema_decay: float | None,
+                 seed: int, device: torch.device, dtype: torch.dtype, batch_size: int):
+        self.modules, self.svd, self.operator, self.loss = modules, svd, operator, loss
+        self.model: Model = modules if svd else modules[0]
+        self.params = [p for m in modules for p in m.parameters()]
+        self.opt = _make_optimizer(optimizer, self.params, lr)
+        self.factor = _lr_factor(schedule, steps, warmup)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.factor)
+        self.base_lr, self.ema_decay = lr, ema_decay
+        self.ema = [p.detach().clone() for p in self.params] if ema_decay is not None else None
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.batch_size, self.dtype = batch_size, dtype
+        self.step, self.lr_scale, self.rollbacks = 0, 1.0, 0
+        self.hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
+        self.hist_eig = torch.full((steps, loss.num_modes), math.nan, dtype=torch.float64, device=device)
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every step finite since the last check
+
+    def train_step(self) -> None:
+        out = _step_outputs(self.operator, self.loss, self.model, self.batch_size, self.generator, self.dtype)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.ema_decay)
+        loss = out.loss.detach()
+        self.hist_loss[self.step] = loss
+        self.hist_eig[self.step] = out.eigenvalues
+        self.finite &= torch.isfinite(loss) & torch.isfinite(out.eigenvalues).all()  # no host sync
+        self.step += 1
+
+    def healthy(self) -> bool:
+        """Whether every loss and eigenvalue estimate since the last call, and every parameter (hence every
+        gradient applied), is finite. Synchronizes with the device."""
+        ok = bool(self.finite) and all(bool(torch.isfinite(p).all()) for p in self.params)
+        self.finite.fill_(True)
+        return ok
+
+    def _set_lr_scale(self, scale: float) -> None:
+        self.lr_scale = scale
+        self.sched.base_lrs = [self.base_lr * scale for _ in self.opt.param_groups]
+        for group in self.opt.param_groups:
+            group["lr"] = self.base_lr * scale * self.factor(self.sched.last_epoch)
+
+    def _core_state(self) -> dict[str, Any]:
+        return {
+            "models": [m.state_dict() for m in self.modules],
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "loss": self.loss.state_dict(),
+            "ema": self.ema,
+            "step": self.step,
+        }
+
+    def _load_core(self, state: dict[str, Any]) -> None:
+        for m, sd in zip(self.modules, state["models"]):
+            m.load_state_dict(sd)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.loss.load_state_dict(state["loss"])
+        if self.ema is not None:
+            for e, s in zip(self.ema, state["ema"]):
+                e.copy_(s)
+        self.step = int(state["step"])
+
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(self._core_state())
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self._load_core(snapshot)
+        self.finite.fill_(True)
+
+    def roll_back(self, snapshot: dict[str, Any], lr_backoff: float) -> None:
+        """Return to ``snapshot`` and multiply the learning rate by ``lr_backoff``."""
+        self.restore(snapshot)
+        self.rollbacks += 1
+        self._set_lr_scale(self.lr_scale * lr_backoff)
+
+    def state_dict(self) -> dict[str, Any]:
+        done = self.step
+        return {
+            **self._core_state(),
+            "rng": capture_rng(self.generator),
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "history": {"loss": self.hist_loss[:done].cpu(), "eigenvalues": self.hist_eig[:done].cpu()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            self._load_core(state)
+            if self.ema is not None and state["ema"] is None:
+                raise ValueError("the checkpoint has no EMA weights but ema_decay is set")
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {path} does not match this model/optimizer/loss: {err}") from err
+        restore_rng(state["rng"], self.generator)
+        self.rollbacks = int(state["rollbacks"])
+        self._set_lr_scale(float(state["lr_scale"]))
+        done = min(self.step, self.hist_loss.shape[0])
+        self.hist_loss[:done] = state["history"]["loss"][:done].to(self.hist_loss)
+        self.hist_eig[:done] = state["history"]["eigenvalues"][:done].to(self.hist_eig)
+
+    def final_modules(self) -> tuple[nn.Module, ...]:
+        """The trained modules in eval mode, carrying the EMA weights if there is an EMA (copies)."""
+        modules = self.modules
+        if self.ema is not None:
+            modules = tuple(copy.deepcopy(m) for m in modules)
+            for p, e in zip((p for m in modules for p in m.parameters()), self.ema):
+                p.data.copy_(e)
+        for m in modules:
+            m.eval()
+        return modules
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic write: temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+CHECKPOINT_KEYS = ("models", "optimizer", "scheduler", "loss", "ema", "step", "rng", "lr_scale", "rollbacks",
+                   "history")
 
 
 def fit(
@@ -248,6 +360,8 @@ def fit(
     log_every: int = 100,
     eval_batches: int = 64,
     eval_batch_size: int | None = None,
+    max_rollbacks: int = 3,
+    lr_backoff: float = 0.5,
 ) -> FitResult:
     """Learn the top ``L`` eigen- (or singular-) functions of ``operator`` by minimizing ``loss``.
 
@@ -263,139 +377,113 @@ def fit(
         ema_decay: keep an exponential moving average of the weights and return it (e.g. 0.995).
         seed: seeds the sampling generator (and torch's global RNG).
         device, dtype: where and in which precision to train (default dtype: the model's).
-        checkpoint_dir, checkpoint_every, resume: write ``checkpoint.pt`` every ``checkpoint_every``
-            steps and at the end (atomically); with ``resume`` continue from it.
-        progress, log_every: tqdm bar with loss and eigenvalue estimates every ``log_every`` steps.
+        checkpoint_dir, checkpoint_every, resume: write ``checkpoint.pt`` atomically every
+            ``checkpoint_every`` steps and at the end; with ``resume`` continue from it. On CPU a resumed
+            run ends bitwise identical to an uninterrupted one.
+        progress, log_every: tqdm bar with loss and eigenvalue estimates; every ``log_every`` steps the
+            run is also checked for non-finite values (the only host synchronization).
+        max_rollbacks, lr_backoff: divergence guard. A non-finite loss, eigenvalue estimate or parameter
+            rolls the run back to the last healthy check, multiplies the learning rate by ``lr_backoff``
+            and continues, at most ``max_rollbacks`` times; then :class:`DivergenceError`.
         eval_batches, eval_batch_size: fresh batches for the final eigenvalue estimates.
 
     **Returns:** a :class:`FitResult`; modes are ordered leading first.
 
-    **Raises:** ``ValueError``/``TypeError`` for bad input; :class:`DivergenceError` if the loss or the
-    eigenvalue estimates become non-finite.
+    **Raises:** ``ValueError``/``TypeError`` for bad input; :class:`~neuralsvd.checkpoint.CheckpointError`
+    for an unusable checkpoint; :class:`DivergenceError` when the guard gives up.
     """
     svd = _check_fit_args(model, operator, loss, steps, batch_size, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size)
+    if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
+        raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
+    if not 0 < lr_backoff < 1:
+        raise ValueError(f"lr_backoff must be in (0, 1), got {lr_backoff!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be an integer >= 0 (0: only at the end), got {checkpoint_every!r}")
     device = torch.device(device)
     modules = tuple(model) if svd else (model,)
-    params = [p for m in modules for p in m.parameters()]
-    dtype = dtype or (params[0].dtype if params else torch.get_default_dtype())
+    first = next((p for m in modules for p in m.parameters()), None)
+    dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
     for m in modules:
         m.to(device=device, dtype=dtype).train()
     operator.to(device)
     loss.to(device)
-    model = tuple(modules) if svd else modules[0]
     torch.manual_seed(seed)
-    generator = torch.Generator(device).manual_seed(seed)
-
-    loss.attach(model)
-    opt = _make_optimizer(optimizer, params, lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(schedule, steps, warmup))
-    ema = [p.detach().clone() for p in params] if ema_decay is not None else None
-    num_modes = loss.num_modes
-    hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
-    hist_eig = torch.full((steps, num_modes), math.nan, dtype=torch.float64, device=device)
-    start = 0
+    loss.attach(modules if svd else modules[0])
+    run = _Training(modules, svd, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay, seed, device,
+                    dtype, batch_size)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-
     if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise FileNotFoundError(f"resume=True but no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        for m, sd in zip(modules, state["models"]):
-            m.load_state_dict(sd)
-        opt.load_state_dict(state["optimizer"])
-        loss.load_state_dict(state["loss"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None:
-            for e, s in zip(ema, state["ema"]):
-                e.copy_(s)
-        generator.set_state(state["rng"]["generator"].cpu() if device.type == "cpu" else state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        random.setstate(state["rng"]["python"])
-        start = int(state["step"])
-        done = min(start, steps)
-        hist_loss[:done] = state["history"]["loss"][:done].to(device)
-        hist_eig[:done] = state["history"]["eigenvalues"][:done].to(device)
-
-    def checkpoint(step: int) -> None:
         if ckpt_path is None:
-            return
-        _save_checkpoint(ckpt_path, {
-            "step": step,
-            "models": [m.state_dict() for m in modules],
-            "optimizer": opt.state_dict(),
-            "loss": loss.state_dict(),
-            "scheduler": sched.state_dict(),
-            "ema": ema,
-            "rng": _rng_state(generator),
-            "history": {"loss": hist_loss[:step].cpu(), "eigenvalues": hist_eig[:step].cpu()},
-        })
-
-    if start == 0:  # validate the problem once, on a real batch, before spending compute on it
-        x0 = operator.sample_pair(batch_size, generator, dtype)[0] if svd else operator.sample(batch_size, generator, dtype)
+            raise ValueError("resume=True needs checkpoint_dir")
+        run.load_state_dict(load_checkpoint(ckpt_path, device, CHECKPOINT_KEYS), ckpt_path)
+    else:  # validate the problem once, on a real batch, before spending compute on it
+        x0 = operator.sample_pair(batch_size, run.generator, dtype)[0] if svd else operator.sample(batch_size, run.generator, dtype)
         operator.validate(x0)
-        generator.manual_seed(seed)
+        run.generator.manual_seed(seed)
+    start = run.step
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=start, desc=f"fit {type(operator).__name__}", dynamic_ncols=True)
+        bar = tqdm(total=steps, initial=min(start, steps), desc=f"fit {type(operator).__name__}", dynamic_ncols=True)
+    last_good = run.snapshot()
+    t0 = time.perf_counter()
     with _flush_denormals():
-        t0 = time.perf_counter()
-        for step in range(start, steps):
-            out = _step_outputs(operator, loss, model, batch_size, generator, dtype)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
-            hist_loss[step] = out.loss.detach()
-            hist_eig[step] = out.eigenvalues
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                current = hist_loss[step].item()
-                if not math.isfinite(current) or not bool(torch.isfinite(hist_eig[step]).all()):
-                    raise DivergenceError(
-                        f"non-finite loss ({current}) or eigenvalue estimate at step {step + 1}; "
-                        f"try a smaller lr (now {lr}) or check the operator/potential for NaNs"
-                    )
+        while run.step < steps:
+            run.train_step()
+            step = run.step
+            due_checkpoint = ckpt_path is not None and checkpoint_every > 0 and step % checkpoint_every == 0
+            if step % log_every == 0 or step == steps or due_checkpoint:
+                if not run.healthy():
+                    if run.rollbacks >= max_rollbacks:
+                        raise DivergenceError(
+                            f"non-finite loss, eigenvalue estimate or parameter between steps {last_good['step']} and "
+                            f"{step}, after {run.rollbacks} rollbacks with the learning rate lowered to "
+                            f"{run.base_lr * run.lr_scale:.3g}; check the operator/potential for NaNs or lower lr")
+                    run.roll_back(last_good, lr_backoff)
+                    warnings.warn(f"non-finite values by step {step}: rolled back to step {run.step}, learning "
+                                  f"rate x{lr_backoff} (rollback {run.rollbacks} of at most {max_rollbacks})",
+                                  RuntimeWarning, stacklevel=2)
+                    if bar is not None:
+                        bar.n = run.step
+                        bar.refresh()
+                    continue
+                last_good = run.snapshot()
                 if bar is not None:
-                    shown = operator.eigenvalues_from_learned(hist_eig[step][: min(num_modes, 4)]).tolist()
-                    bar.set_postfix_str(f"loss={current:.4g} eig=[{', '.join(f'{e:.4g}' for e in shown)}"
-                                        f"{', ...' if num_modes > 4 else ''}]")
-            if ckpt_path is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
-                checkpoint(step + 1)
+                    shown = operator.eigenvalues_from_learned(run.hist_eig[step - 1][: min(loss.num_modes, 4)]).tolist()
+                    bar.set_postfix_str(f"loss={run.hist_loss[step - 1].item():.4g} eig=[{', '.join(f'{e:.4g}' for e in shown)}"
+                                        f"{', ...' if loss.num_modes > 4 else ''}]")
+                if due_checkpoint:
+                    save_checkpoint(ckpt_path, run.state_dict())
             if bar is not None:
                 bar.update(1)
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     if ckpt_path is not None and start < steps:
-        checkpoint(steps)
+        save_checkpoint(ckpt_path, run.state_dict())
 
-    if ema is not None:  # the returned model carries the averaged weights
-        modules = tuple(copy.deepcopy(m) for m in modules)
-        for p, e in zip((p for m in modules for p in m.parameters()), ema):
-            p.data.copy_(e)
-    for m in modules:
-        m.eval()
+    modules = run.final_modules()
     final = tuple(modules) if svd else loss.readout(modules[0])
     eval_gen = torch.Generator(device).manual_seed(seed + 1_000_003)
-    learned, norms, right_norms = estimate_eigenvalues(final, operator, eval_batches, eval_batch_size or max(batch_size, 1024), eval_gen, dtype)
+    learned, norms, right_norms = estimate_eigenvalues(final, operator, eval_batches,
+                                                       eval_batch_size or max(batch_size, 1024), eval_gen, dtype)
     if not bool(torch.isfinite(learned).all()):
         raise DivergenceError(f"non-finite final eigenvalue estimates {learned.tolist()}")
     order = torch.argsort(learned, descending=True)
-    ran = steps - start
     history = {
         "step": torch.arange(1, steps + 1),
-        "loss": hist_loss.cpu(),
-        "eigenvalues": operator.eigenvalues_from_learned(hist_eig.cpu()[:, order.cpu()]),
+        "loss": run.hist_loss.cpu(),
+        "eigenvalues": operator.eigenvalues_from_learned(run.hist_eig.cpu()[:, order.cpu()]),
     }
+    ran = steps - start
     return FitResult(
         model=final, operator=operator,
         eigenvalues=operator.eigenvalues_from_learned(learned[order]).cpu(),
         learned_eigenvalues=learned[order].cpu(), order=order.cpu(),
         norms=norms[order].cpu(), right_norms=None if right_norms is None else right_norms[order].cpu(),
         history=history, steps=steps, wall_seconds=wall,
-        steps_per_second=ran / wall if wall > 0 else float("nan"),
+        steps_per_second=ran / wall if wall > 0 and ran > 0 else float("nan"),
+        extras={"rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start},
     )

@@ -16,13 +16,17 @@ from typing import Any, Callable
 import torch
 
 from ..evaluation import evaluate
-from ..fit import fit
+from ..fit import DivergenceError, fit
 from .config import ConfigError, ExperimentConfig
 from .presets import build_model, make_loss, make_operator
 
 __all__ = ["run", "summary_table"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: metrics.json fields that are null when a run diverged
+NULL_ON_FAILURE = ("wall_seconds", "steps_per_second", "eigenvalues", "exact_eigenvalues",
+                   "eigenvalue_relative_error", "mean_eigenvalue_relative_error", "angle_distance",
+                   "subspace_distance_avg", "subspace_distance_all", "orthogonality_error")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -68,8 +72,9 @@ def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
                 "orthogonality_error"):
         if metrics.get(key) is not None:
             lines.append(f"{key:>32}: {metrics[key]:.3e}")
-    lines.append(f"{'steps_per_second':>32}: {metrics['steps_per_second']:.1f}  "
-                 f"(wall {metrics['wall_seconds']:.0f} s)")
+    if metrics.get("steps_per_second") is not None:
+        lines.append(f"{'steps_per_second':>32}: {metrics['steps_per_second']:.1f}  "
+                     f"(wall {metrics['wall_seconds']:.0f} s)")
     return "\n".join(lines)
 
 
@@ -88,16 +93,23 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     torch.manual_seed(config.seed)
     model = build_model(config, operator)
     t = config.train
-    result = fit(model, operator, loss, steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-                 schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay, seed=config.seed,
-                 device=config.device, dtype=DTYPES[t.dtype], checkpoint_dir=out_dir,
-                 checkpoint_every=t.checkpoint_every, resume=resume, progress=progress, log_every=t.log_every,
-                 eval_batches=t.eval_batches)
+    header = {"problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
+              "batch_size": t.batch_size, "seed": config.seed, "device": config.device}
+    try:
+        result = fit(model, operator, loss, steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
+                     schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay, seed=config.seed,
+                     device=config.device, dtype=DTYPES[t.dtype], checkpoint_dir=out_dir,
+                     checkpoint_every=t.checkpoint_every, resume=resume, progress=progress, log_every=t.log_every,
+                     eval_batches=t.eval_batches)
+    except DivergenceError as err:  # never write NaN up as a result
+        _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
+                                                **dict.fromkeys(NULL_ON_FAILURE)})
+        raise
     report = evaluate(result)
     metrics = {
-        "problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
-        "batch_size": t.batch_size, "seed": config.seed, "device": config.device,
-        "wall_seconds": result.wall_seconds, "steps_per_second": result.steps_per_second, "status": "ok",
+        **header, "wall_seconds": result.wall_seconds,
+        "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
+        "status": "ok", "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
         **report,
     }
     _write_json(out_dir / "metrics.json", metrics)
