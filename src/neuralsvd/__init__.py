@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import autodiff, metrics, models, operators, quadrature, sampling
 from .evaluation import evaluate
 from .fit import DivergenceError, FitResult, fit
-from .losses import LossOutput, NestedLoRA, SpectralLoss
+from .losses import LossOutput, NestedLoRA, NeuralEF, SpectralLoss, SpIN
 from .operators import CrossOperator, Operator
 
 try:
@@ -17,7 +17,7 @@ __all__ = [
     # training
     "fit", "FitResult", "DivergenceError",
     # objectives
-    "SpectralLoss", "LossOutput", "NestedLoRA",
+    "SpectralLoss", "LossOutput", "NestedLoRA", "SpIN", "NeuralEF",
     # operators
     "Operator", "CrossOperator",
     # evaluation

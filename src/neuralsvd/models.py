@@ -64,29 +64,32 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 class _BatchedMLP(nn.Module):
-    """``groups`` independent MLPs sharing one input, run as batched matmuls.
+    """``groups`` independent MLPs sharing one input, run as batched matmuls: ``L`` groups of one output
+    when ``disjoint``, else one group of ``L`` outputs.
 
     Output shape ``(n, groups * out_features)``, group-major. The first layer's weight is stored as
     ``(in, groups, hidden)`` so that it is one GEMM over all groups.
     """
 
+    disjoint: bool
+
     def __init__(
         self,
         in_features: int,
-        groups: int,
-        hidden: Sequence[int],
-        out_features: int,
-        activation: str,
-        fourier_features: int,
-        fourier_scale: float,
-        envelope: bool,
-        envelope_scale: float,
-        box: float | None,
+        num_modes: int,
+        hidden: Sequence[int] = (128, 128, 128),
+        activation: str = "softplus",
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
+        envelope: bool = False,
+        envelope_scale: float = 10.0,
+        box: float | None = None,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_modes", groups * out_features)):
+        for name, value in (("in_features", in_features), ("num_modes", num_modes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        groups, out_features = (num_modes, 1) if self.disjoint else (1, num_modes)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {sorted(ACTIVATIONS)}")
         hidden = tuple(int(h) for h in hidden)
@@ -266,39 +269,13 @@ class ParallelMLP(_BatchedMLP):
         box: half-width ``D`` of the SpIN box factor, or ``None``.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        num_modes: int,
-        hidden: Sequence[int] = (128, 128, 128),
-        activation: str = "softplus",
-        fourier_features: int = 0,
-        fourier_scale: float = 1.0,
-        envelope: bool = False,
-        envelope_scale: float = 10.0,
-        box: float | None = None,
-    ):
-        super().__init__(in_features, num_modes, hidden, 1, activation, fourier_features, fourier_scale,
-                         envelope, envelope_scale, box)
+    disjoint = True
 
 
 class MLP(_BatchedMLP):
-    """One MLP ``R^d -> R^L`` with a shared trunk (same options as :class:`ParallelMLP`)."""
+    """One MLP ``R^d -> R^L`` with a shared trunk (same arguments as :class:`ParallelMLP`)."""
 
-    def __init__(
-        self,
-        in_features: int,
-        num_modes: int,
-        hidden: Sequence[int] = (128, 128, 128),
-        activation: str = "softplus",
-        fourier_features: int = 0,
-        fourier_scale: float = 1.0,
-        envelope: bool = False,
-        envelope_scale: float = 10.0,
-        box: float | None = None,
-    ):
-        super().__init__(in_features, 1, hidden, num_modes, activation, fourier_features, fourier_scale,
-                         envelope, envelope_scale, box)
+    disjoint = False
 
 
 class Tabular(nn.Module):

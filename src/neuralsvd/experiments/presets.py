@@ -8,7 +8,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .. import models, operators, sampling
-from ..losses import NestedLoRA, SpectralLoss
+from ..losses import NestedLoRA, NeuralEF, SpectralLoss, SpIN
 from ..operators.base import Operator
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
 
@@ -108,6 +108,10 @@ METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
                       lambda L: NestedLoRA(L, nesting="sequential")),
     "neuralsvd-joint": ("NestedLoRA with joint nesting, uniform weights",
                         lambda L: NestedLoRA(L, nesting="joint")),
+    "spin": ("SpIN baseline (Pfau et al. 2019): whitened trace, masked gradient, moving averages (decay 0.01)",
+             lambda L: SpIN(L, decay=0.01)),
+    "neuralef": ("NeuralEF baseline (Deng et al. 2022): batch-normalized outputs, asymmetric deflation",
+                 lambda L: NeuralEF(L)),
 }
 
 

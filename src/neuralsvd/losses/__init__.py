@@ -1,6 +1,8 @@
 """Spectral objectives behind one interface (:class:`SpectralLoss`)."""
 
-from .base import LossOutput, SpectralLoss
+from .base import LinearReadout, LossOutput, SpectralLoss
 from .nested_lora import NestedLoRA
+from .neuralef import NeuralEF
+from .spin import SpIN
 
-__all__ = ["SpectralLoss", "LossOutput", "NestedLoRA"]
+__all__ = ["SpectralLoss", "LossOutput", "LinearReadout", "NestedLoRA", "SpIN", "NeuralEF"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SpectralLoss", "LossOutput"]
+from ..autodiff import laplacian
+
+__all__ = ["SpectralLoss", "LossOutput", "LinearReadout", "prescribed_gradient", "evd_only_error"]
 
 
 @dataclass
@@ -78,4 +81,54 @@ class SpectralLoss(nn.Module):
         raise NotImplementedError
 
     def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
-        raise NotImplementedError(f"{type(self).__name__} does not support SVD (non-self-adjoint) operators")
+        raise evd_only_error(self)
+
+
+def evd_only_error(loss: SpectralLoss) -> NotImplementedError:
+    """The error of a loss that handles self-adjoint operators only, asked for an SVD."""
+    return NotImplementedError(
+        f"{type(loss).__name__} decomposes self-adjoint operators only (EVD) and does not support SVD of "
+        "non-self-adjoint operators; use NestedLoRA with a (left, right) model pair for those")
+
+
+class LinearReadout(nn.Module):
+    """A trained model followed by a fixed linear map of its outputs: ``x -> model(x) @ matrix``.
+
+    The read-out of methods whose eigenfunctions are a linear transform of the network outputs (SpIN's
+    whitening ``L⁻¹``, NeuralEF's normalization). ``matrix`` ``(L, L)`` is a buffer, so ``.to()``,
+    ``.double()`` and deep copies carry it. :meth:`jet` maps the model's jet the same way, so exact
+    Laplacians keep working (through the model's own ``jet`` when it has one).
+    """
+
+    def __init__(self, model: nn.Module, matrix: Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("matrix", matrix.detach().clone())  # (L, L)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) @ self.matrix  # (n, L)
+
+    def jet(self, x: Tensor) -> Tensor:
+        """Value, gradient and Laplacian of every output: ``(d + 2, n, L)`` (see :mod:`neuralsvd.autodiff`)."""
+        value, grad, lap = laplacian(self.model, x)  # (n, L), (n, d, L), (n, L)
+        return torch.cat([value.unsqueeze(0), grad.movedim(1, 0), lap.unsqueeze(0)], 0) @ self.matrix
+
+
+class _PrescribedGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, grads, *inputs):  # type: ignore[override]
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        return (None, None, *(grad_output * g for g in ctx.grads))
+
+
+def prescribed_gradient(value: Tensor, inputs: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """A scalar equal to ``value`` whose gradient with respect to ``inputs[k]`` is ``grads[k]``.
+
+    For methods defined by their update rather than by an objective (masked or stop-gradient updates):
+    the forward value is a diagnostic, the backward pass delivers the prescribed update.
+    """
+    return _PrescribedGradient.apply(value, tuple(grads), *inputs)

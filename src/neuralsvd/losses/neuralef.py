@@ -1,0 +1,105 @@
+r"""NeuralEF: neural eigenfunctions (Deng, Shi and Zhu, ICML 2022), a baseline.
+
+The outputs are L2-normalized over the batch, ``ψ_j = f_j / sqrt(mean_b f_j(x_b)²)`` (the gradient flows
+through the normalization, which enforces ``‖ψ_j‖ = 1``), and with ``R_ij = ⟨ψ_i, T ψ_j⟩`` mode ``j``
+ascends
+
+    R_jj - Σ_{i<j} R_ij² / R_ii      with ψ_i (i < j) held fixed,
+
+an EigenGame-style asymmetric update: earlier modes deflate later ones and never feel them. By
+self-adjointness its gradient with respect to ``ψ_j`` is ``2 (Tψ_j - Σ_{i<j} (R_ij / R_ii) Tψ_i)``, applied
+without differentiating through ``T``. The optimum is the top-L eigenfunctions in order, which needs
+``R_ii > 0`` (the method assumes the top-L eigenvalues of ``T`` are positive). As in the authors' port,
+``R_ii`` gets ``1e-5`` added in the denominator.
+
+``unbiased=True`` is the μ-EigenGame variant of the authors' port: the coefficient ``R_ij / R_ii`` (a
+ratio of batch estimates, hence biased) becomes ``⟨ψ_i, ψ_j⟩`` (equal at the optimum) estimated on the
+*other* half of the batch, which makes the penalty part of the update unbiased (the normalization still
+uses the whole batch).
+
+Evaluation: the batch norms are tracked in a buffer (an exponential moving average of
+``mean_b f_j(x_b)²`` with weight ``momentum`` on the past, seeded by the first batch) and
+:meth:`NeuralEF.readout` divides by them.
+
+EVD only: :meth:`NeuralEF.svd` (and :meth:`NeuralEF.attach` with a model pair) raise ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import LinearReadout, LossOutput, SpectralLoss, evd_only_error, prescribed_gradient
+
+__all__ = ["NeuralEF"]
+
+#: added to ``R_ii`` in the deflation coefficients (the authors' value)
+_DENOMINATOR_EPS = 1e-5
+
+
+class NeuralEF(SpectralLoss):
+    """NeuralEF with batch L2 normalization and the asymmetric (stop-gradient) deflation update.
+
+    Args:
+        num_modes: ``L``.
+        unbiased: deflation coefficients ``⟨ψ_i, ψ_j⟩`` from the other half of the batch (μ-EigenGame)
+            instead of ``R_ij / R_ii`` from the whole batch (the original).
+        momentum: weight of the past in the running mean square of the outputs (the authors' 0.9).
+
+    The loss value is the batch objective ``-Σ_j (R_jj - Σ_{i<j} R_ij² / R_ii)`` (for ``unbiased`` a
+    diagnostic only); ``eigenvalues`` are ``R_jj`` (batch Rayleigh quotients), ``gram`` is ``⟨ψ_i, ψ_j⟩``.
+    """
+
+    def __init__(self, num_modes: int, unbiased: bool = False, momentum: float = 0.9):
+        super().__init__(num_modes)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        self.unbiased, self.momentum = bool(unbiased), float(momentum)
+        self.register_buffer("mean_square", torch.ones(num_modes))  # (L,) running mean_b f(x_b)²
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def min_batch_size(self) -> int:
+        return 2 if self.unbiased else 1
+
+    def attach(self, model: nn.Module | tuple[nn.Module, nn.Module]) -> None:
+        if isinstance(model, tuple):
+            raise evd_only_error(self)
+        p = next(model.parameters(), None)
+        like = p if p is not None else self.mean_square
+        self.mean_square = torch.ones(self.num_modes, dtype=like.dtype, device=like.device)
+        self.updates.zero_()
+
+    def readout(self, model: nn.Module) -> nn.Module:
+        """``x -> f(x) / running norm`` (per mode)."""
+        return LinearReadout(model, torch.diag(self.mean_square.rsqrt()))
+
+    def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:
+        """``fx = f(x)``, ``tfx = (Tf)(x)``, each ``(n, L)``."""
+        self.check_batch(fx, tfx)
+        n = fx.shape[0]
+        square = fx.square().mean(0)  # (L,)
+        psi = fx * square.rsqrt()  # (n, L), normalized over the batch (with gradient)
+        with torch.no_grad():
+            if fx.requires_grad:
+                seeded = torch.where(self.updates == 0, square, self.mean_square.lerp(square, 1 - self.momentum))
+                self.mean_square.copy_(seeded)
+                self.updates += 1
+            p = psi.detach()
+            tpsi = tfx.detach() * square.detach().rsqrt()  # T is linear: Tψ = Tf / norm
+            r = p.T @ tpsi / n  # (L, L), R_ij = ⟨ψ_i, Tψ_j⟩
+            ratio = r.triu(1) / (r.diagonal() + _DENOMINATOR_EPS).unsqueeze(1)  # (L, L), [i, j] = R_ij / R_ii, i < j
+            value = -(r.diagonal().sum() - (r.triu(1) * ratio).sum())
+            if self.unbiased:
+                a, b = slice(0, n // 2), slice(n // 2, n)
+                penalty = torch.cat([tpsi[a] @ _overlaps(p[b]), tpsi[b] @ _overlaps(p[a])], 0)
+            else:
+                penalty = tpsi @ ratio  # (n, L)
+            grad = -(2.0 / n) * (tpsi - penalty)
+        loss = prescribed_gradient(value, [psi], [grad])
+        return LossOutput(loss, r.diagonal().clone(), p.T @ p / n)
+
+
+def _overlaps(psi: Tensor) -> Tensor:
+    """Strictly upper ``⟨ψ_i, ψ_j⟩`` (i < j) on a batch, ``(L, L)``."""
+    return (psi.T @ psi / psi.shape[0]).triu(1)
