@@ -171,3 +171,25 @@ def test_norm_read_out_agrees_with_rayleigh_at_convergence():
                    nsvd.NestedLoRA(2, unbiased=False), steps=2000, batch_size=12, lr=3e-2, progress=False)
     torch.testing.assert_close(res.norm_eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=0)
     torch.testing.assert_close(res.eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-8, atol=0)
+
+
+def test_ritz_readout_undoes_mixing_in_the_learned_span():
+    """Rotated true eigenvectors: per-mode Rayleigh quotients are wrong, Rayleigh–Ritz recovers the
+    eigenpairs exactly (no training: steps=0)."""
+    gen = np.random.default_rng(5)
+    q, _ = np.linalg.qr(gen.normal(size=(10, 10)))
+    evals = np.array([4.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, -0.1, -0.3, -0.5])
+    a = (q * evals) @ q.T
+    rot, _ = np.linalg.qr(gen.normal(size=(3, 3)))
+    model = nsvd.models.Tabular(10, 3).double()
+    with torch.no_grad():
+        model.table.copy_(torch.tensor(q[:, :3] @ rot * np.array([2.0, 0.5, 1.0])))
+    op = nsvd.operators.DenseOperator(torch.tensor(a))
+    kw = dict(steps=0, batch_size=10, progress=False)
+    rayleigh = nsvd.fit(model, op, nsvd.NestedLoRA(3), readout="rayleigh", **kw)
+    assert (rayleigh.eigenvalues - torch.tensor(evals[:3])).abs().max() > 0.1
+    ritz = nsvd.fit(model, op, nsvd.NestedLoRA(3), readout="ritz", **kw)
+    torch.testing.assert_close(ritz.eigenvalues, torch.tensor(evals[:3]), rtol=1e-12, atol=1e-12)
+    learned = ritz.eigenfunctions(torch.arange(10)) / math.sqrt(10)  # (10, 3), unit vectors
+    cos = (learned * torch.tensor(q[:, :3])).sum(0).abs()
+    torch.testing.assert_close(cos, torch.ones(3, dtype=torch.float64), rtol=1e-10, atol=1e-10)

@@ -46,6 +46,8 @@ class FitResult:
         order: ``(L,)`` permutation from model output columns to modes (leading first).
         norms: ``(L,)`` estimated ``L²(p)`` norms of the modes (SVD: of the left functions), used to
             normalize :meth:`eigenfunctions`.
+        mixing: ``(L, L)`` or None: with the ``"ritz"`` readout, mode ``j`` is
+            ``model(x)[:, order] @ mixing[:, j]`` (the Ritz functions; then ``norms`` are 1).
         history: ``{"step": (S,), "loss": (S,), "eigenvalues": (S, L)}`` per training step: minibatch
             eigenvalue estimates in the reporting convention, columns in mode order (as ``eigenvalues``).
         steps, wall_seconds, steps_per_second: what the run did (this call only, when resumed).
@@ -62,6 +64,7 @@ class FitResult:
     wall_seconds: float
     steps_per_second: float
     right_norms: Tensor | None = None
+    mixing: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,7 +79,10 @@ class FitResult:
     def norm_eigenvalues(self) -> Tensor:
         """The second read-out, from norms: ``‖f_l‖²`` (SVD: ``‖f_l‖‖g_l‖``), which tends to the learned
         ``T``'s eigenvalue at the NestedLoRA optimum, mapped to the reporting convention, in mode order.
-        Its gap to :attr:`eigenvalues` (Rayleigh quotients) is a convergence diagnostic."""
+        Its gap to :attr:`eigenvalues` (Rayleigh quotients) is a convergence diagnostic. Not defined for
+        the ``"ritz"`` readout (Ritz functions are normalized)."""
+        if self.mixing is not None:
+            raise ValueError("norm_eigenvalues is defined for the 'rayleigh' readout only")
         learned = self.norms * self.right_norms if self.is_svd else self.norms**2
         return self.operator.eigenvalues_from_learned(learned)
 
@@ -85,7 +91,10 @@ class FitResult:
         if p is not None and x.is_floating_point():
             x = x.to(p)
         with torch.no_grad():
-            return module(x)[:, self.order.to(x.device)] / norms.to(x.device)
+            out = module(x)[:, self.order.to(x.device)]
+            if self.mixing is not None:
+                out = out @ self.mixing.to(out)
+            return out / norms.to(out)
 
     def eigenfunctions(self, x: Tensor) -> Tensor:
         """Learned eigenfunctions at ``x``, ``(n, L)``, unit norm, in the space of the operator's exact
@@ -169,15 +178,39 @@ def _step_outputs(op: Operator, loss: SpectralLoss, model: Model, batch_size: in
     return loss(*op.apply(model, x))
 
 
-def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_size: int,
-                         generator: torch.Generator, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Rayleigh-quotient estimates of the learned ``T``'s eigenvalues from fresh batches.
+@dataclass
+class Readout:
+    """Final eigen/singular value estimates and how model outputs map to modes.
 
-    Uses ``op.evaluation_batches`` (``num_batches`` random batches; the whole population for finite
-    operators). Returns ``(eigenvalues (L,), norms (L,), right_norms (L,) or None)`` with the pooled
-    estimate ``mean f·Tf / mean f²`` (SVD: ``mean g·Tf / sqrt(mean f² mean g²)``).
+    Mode ``j`` is ``(model(x)[:, order] @ mixing)[:, j] / norms[j]`` (``mixing`` None: the identity).
+    """
+
+    eigenvalues: Tensor  # (L,) of the learned T, descending
+    order: Tensor  # (L,) int64
+    norms: Tensor  # (L,)
+    right_norms: Tensor | None = None
+    mixing: Tensor | None = None  # (L, L)
+
+
+READOUTS = ("rayleigh", "ritz")
+
+
+def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_size: int,
+                         generator: torch.Generator, dtype: torch.dtype, readout: str = "rayleigh") -> Readout:
+    """Eigenvalue estimates of the learned ``T`` from fresh batches (``op.evaluation_batches``:
+    ``num_batches`` random batches, the whole population for finite operators), pooled over batches.
+
+    ``"rayleigh"``: per-mode quotients ``Σ f·Tf / Σ f²`` (SVD: ``Σ g·Tf / sqrt(Σ f² Σ g²)``), modes
+    sorted descending. ``"ritz"`` (EVD only): Rayleigh–Ritz in the learned span, the generalized
+    eigenproblem ``sym(A) c = λ B c`` with ``A = E[f Tfᵀ]``, ``B = E[f fᵀ]``: the best estimates the span
+    allows (each ≤ the true eigenvalue of ``T`` up to sampling error, by interlacing), and mode
+    functions ``f c`` that undo mixing between modes.
     """
     svd = isinstance(model, tuple)
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+    if svd and readout == "ritz":
+        raise ValueError("the 'ritz' readout is for self-adjoint operators (EVD); use 'rayleigh' for SVD")
     sums: dict[str, Tensor] = {}
     counts = {"x": 0, "y": 0}
     with torch.no_grad():
@@ -190,15 +223,27 @@ def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_siz
             else:
                 x = batch
                 fx, tfx = op.apply(model, x)
-                terms = {"cross": (fx * tfx).sum(0), "ff": (fx * fx).sum(0)}
+                fx, tfx = fx.double(), tfx.double()
+                terms = {"a": fx.T @ tfx, "b": fx.T @ fx}  # (L, L) each
             counts["x"] += x.shape[0]
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.double()
-    norms = (sums["ff"] / counts["x"]).sqrt()
     if svd:
-        right = (sums["gg"] / counts["y"]).sqrt()
-        return sums["cross"] / counts["y"] / (norms * right), norms, right
-    return sums["cross"] / sums["ff"], norms, None
+        norms, right = (sums["ff"] / counts["x"]).sqrt(), (sums["gg"] / counts["y"]).sqrt()
+        values = sums["cross"] / counts["y"] / (norms * right)
+        order = torch.argsort(values, descending=True)
+        return Readout(values[order], order, norms[order], right[order])
+    a, b = sums["a"] / counts["x"], sums["b"] / counts["x"]
+    if readout == "rayleigh":
+        values = a.diagonal() / b.diagonal()
+        order = torch.argsort(values, descending=True)
+        return Readout(values[order], order, b.diagonal()[order].sqrt())
+    chol = torch.linalg.cholesky(b)  # B = R Rᵀ
+    inv = torch.linalg.solve_triangular(chol, torch.eye(b.shape[0], dtype=b.dtype, device=b.device), upper=False)
+    values, vecs = torch.linalg.eigh(inv @ (0.5 * (a + a.T)) @ inv.T)
+    mixing = (inv.T @ vecs).flip(1)  # (L, L), columns: Ritz coefficients, descending; cᵀ B c = 1
+    ident = torch.arange(b.shape[0], device=b.device)
+    return Readout(values.flip(0), ident, torch.ones_like(values), mixing=mixing)
 
 
 @contextlib.contextmanager
@@ -362,6 +407,7 @@ def fit(
     eval_batch_size: int | None = None,
     max_rollbacks: int = 3,
     lr_backoff: float = 0.5,
+    readout: str = "rayleigh",
 ) -> FitResult:
     """Learn the top ``L`` eigen- (or singular-) functions of ``operator`` by minimizing ``loss``.
 
@@ -386,6 +432,8 @@ def fit(
             rolls the run back to the last healthy check, multiplies the learning rate by ``lr_backoff``
             and continues, at most ``max_rollbacks`` times; then :class:`DivergenceError`.
         eval_batches, eval_batch_size: fresh batches for the final eigenvalue estimates.
+        readout: ``"rayleigh"`` (per-mode Rayleigh quotients) or ``"ritz"`` (Rayleigh–Ritz in the learned
+            span; EVD only), see :func:`estimate_eigenvalues`.
 
     **Returns:** a :class:`FitResult`; modes are ordered leading first.
 
@@ -394,6 +442,8 @@ def fit(
     """
     svd = _check_fit_args(model, operator, loss, steps, batch_size, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size)
+    if readout not in READOUTS or (svd and readout == "ritz"):
+        raise ValueError(f"readout must be one of {READOUTS} ('ritz' only for self-adjoint operators), got {readout!r}")
     if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
         raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
     if not 0 < lr_backoff < 1:
@@ -467,22 +517,24 @@ def fit(
     modules = run.final_modules()
     final = tuple(modules) if svd else loss.readout(modules[0])
     eval_gen = torch.Generator(device).manual_seed(seed + 1_000_003)
-    learned, norms, right_norms = estimate_eigenvalues(final, operator, eval_batches,
-                                                       eval_batch_size or max(batch_size, 1024), eval_gen, dtype)
-    if not bool(torch.isfinite(learned).all()):
-        raise DivergenceError(f"non-finite final eigenvalue estimates {learned.tolist()}")
-    order = torch.argsort(learned, descending=True)
+    est = estimate_eigenvalues(final, operator, eval_batches, eval_batch_size or max(batch_size, 1024), eval_gen,
+                               dtype, readout)
+    if not bool(torch.isfinite(est.eigenvalues).all()):
+        raise DivergenceError(f"non-finite final eigenvalue estimates {est.eigenvalues.tolist()}")
+    order = est.order
     history = {
         "step": torch.arange(1, steps + 1),
         "loss": run.hist_loss.cpu(),
-        "eigenvalues": operator.eigenvalues_from_learned(run.hist_eig.cpu()[:, order.cpu()]),
+        "eigenvalues": operator.eigenvalues_from_learned(run.hist_eig.cpu()[:, order.cpu()]),  # per-mode batch
+        # Rayleigh quotients; with the "ritz" readout the final modes are mixtures of these columns
     }
     ran = steps - start
     return FitResult(
         model=final, operator=operator,
-        eigenvalues=operator.eigenvalues_from_learned(learned[order]).cpu(),
-        learned_eigenvalues=learned[order].cpu(), order=order.cpu(),
-        norms=norms[order].cpu(), right_norms=None if right_norms is None else right_norms[order].cpu(),
+        eigenvalues=operator.eigenvalues_from_learned(est.eigenvalues).cpu(),
+        learned_eigenvalues=est.eigenvalues.cpu(), order=order.cpu(), norms=est.norms.cpu(),
+        right_norms=None if est.right_norms is None else est.right_norms.cpu(),
+        mixing=None if est.mixing is None else est.mixing.cpu(),
         history=history, steps=steps, wall_seconds=wall,
         steps_per_second=ran / wall if wall > 0 and ran > 0 else float("nan"),
         extras={"rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start},

@@ -43,6 +43,7 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 1000
     eval_batches: int = 64
+    readout: str = "rayleigh"
 
 
 @dataclass

@@ -100,7 +100,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
                      schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay, seed=config.seed,
                      device=config.device, dtype=DTYPES[t.dtype], checkpoint_dir=out_dir,
                      checkpoint_every=t.checkpoint_every, resume=resume, progress=progress, log_every=t.log_every,
-                     eval_batches=t.eval_batches)
+                     eval_batches=t.eval_batches, readout=t.readout)
     except DivergenceError as err:  # never write NaN up as a result
         _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
                                                 **dict.fromkeys(NULL_ON_FAILURE)})
@@ -109,7 +109,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     metrics = {
         **header, "wall_seconds": result.wall_seconds,
         "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
-        "status": "ok", "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
+        "status": "ok", "readout": t.readout, "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
         **report,
     }
     _write_json(out_dir / "metrics.json", metrics)

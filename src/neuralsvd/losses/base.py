@@ -106,12 +106,14 @@ class LinearReadout(nn.Module):
         self.register_buffer("matrix", matrix.detach().clone())  # (L, L)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x) @ self.matrix  # (n, L)
+        out = self.model(x)  # (n, L)
+        return out @ self.matrix.to(out)
 
     def jet(self, x: Tensor) -> Tensor:
         """Value, gradient and Laplacian of every output: ``(d + 2, n, L)`` (see :mod:`neuralsvd.autodiff`)."""
         value, grad, lap = laplacian(self.model, x)  # (n, L), (n, d, L), (n, L)
-        return torch.cat([value.unsqueeze(0), grad.movedim(1, 0), lap.unsqueeze(0)], 0) @ self.matrix
+        jet = torch.cat([value.unsqueeze(0), grad.movedim(1, 0), lap.unsqueeze(0)], 0)  # (d + 2, n, L)
+        return jet @ self.matrix.to(jet)
 
 
 class _PrescribedGradient(torch.autograd.Function):

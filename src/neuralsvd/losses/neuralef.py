@@ -82,7 +82,7 @@ class NeuralEF(SpectralLoss):
         psi = fx * square.rsqrt()  # (n, L), normalized over the batch (with gradient)
         with torch.no_grad():
             if fx.requires_grad:
-                seeded = torch.where(self.updates == 0, square, self.mean_square.lerp(square, 1 - self.momentum))
+                seeded = torch.where(self.updates == 0, square, self.mean_square.to(square).lerp(square, 1 - self.momentum))
                 self.mean_square.copy_(seeded)
                 self.updates += 1
             p = psi.detach()
