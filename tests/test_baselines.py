@@ -16,6 +16,7 @@ from torch import nn
 
 import neuralsvd as nsvd
 from neuralsvd.models import MLP, ParallelMLP, Tabular
+from neuralsvd.losses.spin import mode_axes
 from neuralsvd.operators import DenseOperator
 
 F64 = torch.float64
@@ -57,6 +58,21 @@ class Wrapped(nn.Module):
         return self.inner(x)
 
 
+class Declared(nn.Module):
+    """Per-mode tanh features of the input that declare their mode axes to SpIN."""
+
+    def __init__(self, num_modes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, num_modes))
+        self.bias = nn.Parameter(torch.randn(num_modes))
+
+    def forward(self, x):
+        return torch.tanh(x @ self.weight + self.bias)
+
+    def mode_axes(self):
+        return {"weight": 1, "bias": 0}
+
+
 def _abs_cos(a, b):
     a = a / np.linalg.norm(a, axis=0)
     b = b / np.linalg.norm(b, axis=0)
@@ -71,8 +87,8 @@ def test_recovers_top4_of_symmetric_matrix(dense, make):
     a, w, v = dense
     n = a.shape[0]
     torch.manual_seed(0)
-    result = nsvd.fit(Tabular(n, 4).double(), DenseOperator(torch.from_numpy(a)), make(), steps=600, batch_size=n,
-                      lr=3e-2, progress=False)
+    op = DenseOperator(torch.from_numpy(a))
+    result = nsvd.fit(Tabular(n, 4).double(), op, make(), steps=600, batch_size=n, lr=3e-2, progress=False)
     np.testing.assert_allclose(result.eigenvalues.numpy(), w[:4], rtol=1e-2)
     learned = result.eigenfunctions(torch.arange(n)).numpy()  # through the loss's read-out wrapper
     assert (_abs_cos(learned, v[:, :4]) > 0.99).all()
@@ -118,10 +134,12 @@ def test_spin_masked_gradient_is_per_mode_gradient_tabular(dense, wrap):
 @pytest.mark.parametrize("make", [
     lambda: ParallelMLP(2, 3, hidden=(8, 8), envelope=True),
     lambda: MLP(2, 3, hidden=(8, 8), envelope=True),
+    lambda: Declared(3),
     lambda: Wrapped(ParallelMLP(2, 3, hidden=(8, 8))),
-], ids=["parallel_mlp", "mlp", "unknown_model"])
+], ids=["parallel_mlp", "mlp", "declared", "unknown_model"])
 def test_spin_masked_gradient_is_per_mode_gradient_networks(make):
-    """Block (per-network), mixed (shared trunk) and fallback Jacobian layouts give the exact gradient."""
+    """Block (per-network), mixed (shared trunk), declared and fallback Jacobian layouts all give the exact
+    gradient."""
     torch.manual_seed(0)
     model = make().double()
     n = 24
@@ -138,13 +156,22 @@ def test_spin_masked_gradient_is_per_mode_gradient_networks(make):
     expected = torch.autograd.grad(reference, params)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+    axes = mode_axes(model)
+    for (name, p), avg in zip(model.named_parameters(), loss.jacobian_avg.buffers()):
+        assert avg.shape == ((3, *p.shape) if axes[name] is not None else (3, 3, *p.shape)), name
+
+
+def test_spin_rejects_a_declared_axis_of_the_wrong_size():
+    with pytest.raises(ValueError, match="no mode axis 1 of size L=4"):
+        nsvd.SpIN(4).attach(Declared(3))
 
 
 def test_spin_gradient_vanishes_at_triangularly_mixed_eigenvectors(dense):
     """u = Φ Mᵀ with M lower triangular: the whitening recovers Φ, Λ = diag(λ), and the update is 0."""
     a, w, v = dense
     n, L = a.shape[0], 4
-    m = torch.tensor([[2.0, 0, 0, 0], [0.5, 1.0, 0, 0], [-0.3, 0.2, 0.7, 0], [0.1, -0.4, 0.3, 1.5]], dtype=F64)
+    m = torch.tensor([[2.0, 0, 0, 0], [0.5, 1.0, 0, 0], [-0.3, 0.2, 0.7, 0], [0.1, -0.4, 0.3, 1.5]],
+                     dtype=F64)
     model = Tabular(n, L).double()
     with torch.no_grad():
         model.table.copy_(math.sqrt(n) * torch.from_numpy(v[:, :L]) @ m.T)
@@ -219,7 +246,7 @@ def test_spin_readout_whitens_and_its_jet_is_exact(make):
     _check_jet(readout, torch.randn(4, 2, dtype=F64))
 
 
-# --- NeuralEF: update rule, running norms --------------------------------------------------------------------
+# --- NeuralEF: update rule, running norms -------------------------------------------------------------
 
 def _normalized(u):
     return u / u.square().mean(0).sqrt()
@@ -305,7 +332,8 @@ def test_baselines_are_evd_only(loss):
         loss.svd(f, f, f, f)
     op = DenseOperator(torch.randn(5, 4, dtype=F64))
     with pytest.raises(NotImplementedError, match="use NestedLoRA with a \\(left, right\\) model pair"):
-        nsvd.fit((Tabular(4, 2).double(), Tabular(5, 2).double()), op, loss, steps=2, batch_size=4, progress=False)
+        nsvd.fit((Tabular(4, 2).double(), Tabular(5, 2).double()), op, loss, steps=2, batch_size=4,
+                 progress=False)
 
 
 @pytest.mark.parametrize("make,state", [
@@ -329,7 +357,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(dense, tmp_path, make,
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["loss"].keys() == state
 
 
-# --- memory (slow: a subprocess of ~50 training steps) ----------------------------------------------------------
+# --- memory (slow: a subprocess of ~50 training steps) ---------------------------------------------
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, torch, neuralsvd as nsvd

@@ -14,8 +14,8 @@ from neuralsvd.experiments import METHODS
 from neuralsvd.experiments.compare import comparison_table
 from neuralsvd.losses import LossOutput
 
-METRICS = ("mean_eigenvalue_relative_error", "angle_distance", "subspace_distance_avg", "subspace_distance_all",
-           "orthogonality_error")
+METRICS = ("mean_eigenvalue_relative_error", "angle_distance", "subspace_distance_avg",
+           "subspace_distance_all", "orthogonality_error")
 ALL_FOUR = ["neuralsvd-seq", "neuralsvd-joint", "spin", "neuralef"]
 pytestmark = pytest.mark.filterwarnings("ignore:non-finite values:RuntimeWarning")  # the "nan" method
 
@@ -69,7 +69,7 @@ def test_json_is_the_runs_metrics_records(comparison):
         assert record["status"] == "ok"
         assert record == json.loads((out / f"{record['method']}-seed0" / "metrics.json").read_text())
         assert all(np.isfinite(record[k]) for k in METRICS), record["method"]
-        assert (record["problem"], record["modes"], record["steps"], record["seed"]) == ("oscillator", 3, 20, 0)
+        assert [record[k] for k in ("problem", "modes", "steps", "seed")] == ["oscillator", 3, 20, 0]
 
 
 def test_broken_and_diverged_methods_are_recorded_not_raised(comparison):
@@ -87,8 +87,8 @@ def test_broken_and_diverged_methods_are_recorded_not_raised(comparison):
 
 def test_markdown_rows_carry_the_recorded_values(comparison):
     out, records = comparison
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in (out / "comparison.md").read_text().splitlines()
-            if line.startswith("| ")}
+    lines = (out / "comparison.md").read_text().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
     for record in records[:4]:
         cells = rows[record["method"]].strip("| ").split(" | ")
         expected = [f"{record[k]:.3g}" for k in (*METRICS, "steps_per_second")]
@@ -97,8 +97,9 @@ def test_markdown_rows_carry_the_recorded_values(comparison):
 
 def test_table_is_mean_and_std_over_successful_seeds():
     values = [0.1, 0.4, 0.25]
-    records = [{"problem": "p", "modes": 2, "steps": 5, "batch_size": 8, "method": "m", "seed": s, "status": "ok",
-                **dict.fromkeys(METRICS, v), "steps_per_second": 10.0 * (s + 1)} for s, v in enumerate(values)]
+    header = {"problem": "p", "modes": 2, "steps": 5, "batch_size": 8, "method": "m"}
+    records = [{**header, "seed": s, "status": "ok", **dict.fromkeys(METRICS, v),
+                "steps_per_second": 10.0 * (s + 1)} for s, v in enumerate(values)]
     records.append({**records[0], "seed": 3, "status": "failed", "error": "boom", **dict.fromkeys(METRICS),
                     "steps_per_second": None})
     row = next(line for line in comparison_table(records).splitlines() if line.startswith("| m |"))
@@ -109,7 +110,8 @@ def test_table_is_mean_and_std_over_successful_seeds():
 
 
 def test_unknown_method_is_rejected_before_running(tmp_path, capsys):
-    assert cli.main(["compare", "oscillator", "--methods", "neuralsvd-seq,magic", "--out", str(tmp_path)]) == 2
+    argv = ["compare", "oscillator", "--methods", "neuralsvd-seq,magic", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
     assert "unknown method(s) ['magic']; valid methods: neuralsvd-seq, neuralsvd-joint, spin, neuralef" in \
         capsys.readouterr().err
     assert not any(tmp_path.iterdir())

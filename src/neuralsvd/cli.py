@@ -26,12 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(r)
     r.add_argument("--out", default=None, help="output folder (default runs/<problem>-<timestamp>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    c = sub.add_parser("compare", help="run several methods (and seeds) on one problem and tabulate the metrics")
+    c = sub.add_parser("compare", help="run several methods (and seeds) on one problem, tabulate the metrics")
     c.add_argument("problem", help="problem name (see `neuralsvd list`)")
-    c.add_argument("--methods", default=DEFAULT_COMPARISON, help=f"comma-separated (default {DEFAULT_COMPARISON})")
+    c.add_argument("--methods", default=DEFAULT_COMPARISON, help=f"comma-separated ({DEFAULT_COMPARISON})")
     c.add_argument("--seeds", type=int, default=1, help="number of seeds per method, from --seed (default 1)")
     _add_config_flags(c)
-    c.add_argument("--out", required=True, help="output folder: <method>-seed<k>/ and comparison.{json,md,png}")
+    c.add_argument("--out", required=True, help="output folder (<method>-seed<k>/, comparison.{json,md,png})")
     return parser
 
 

@@ -49,7 +49,8 @@ def compare(config: ExperimentConfig, methods: Sequence[str], out_dir: str | Pat
     comparison files into ``out_dir`` and return the records (see the module docstring)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ConfigError(f"unknown method(s) {unknown or list(methods)}; valid methods: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method(s) {unknown or list(methods)}; "
+                          f"valid methods: {', '.join(METHODS)}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
     out_dir = Path(out_dir)

@@ -82,13 +82,13 @@ class NeuralEF(SpectralLoss):
         psi = fx * square.rsqrt()  # (n, L), normalized over the batch (with gradient)
         with torch.no_grad():
             if fx.requires_grad:
-                seeded = torch.where(self.updates == 0, square, self.mean_square.to(square).lerp(square, 1 - self.momentum))
-                self.mean_square.copy_(seeded)
+                running = self.mean_square.to(square).lerp(square, 1 - self.momentum)
+                self.mean_square.copy_(torch.where(self.updates == 0, square, running))
                 self.updates += 1
             p = psi.detach()
             tpsi = tfx.detach() * square.detach().rsqrt()  # T is linear: Tψ = Tf / norm
             r = p.T @ tpsi / n  # (L, L), R_ij = ⟨ψ_i, Tψ_j⟩
-            ratio = r.triu(1) / (r.diagonal() + _DENOMINATOR_EPS).unsqueeze(1)  # (L, L), [i, j] = R_ij / R_ii, i < j
+            ratio = r.triu(1) / (r.diagonal() + _DENOMINATOR_EPS).unsqueeze(1)  # (L, L): R_ij / R_ii, i < j
             value = -(r.diagonal().sum() - (r.triu(1) * ratio).sum())
             if self.unbiased:
                 a, b = slice(0, n // 2), slice(n // 2, n)

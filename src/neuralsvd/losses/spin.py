@@ -25,14 +25,14 @@ eigenfunctions ``C⁻¹ u`` (:meth:`SpIN.readout`).
 * Sign: this library learns the *top* of ``T`` (operators map a wanted bottom to the top), so the loss is
   ``-Tr Λ``; the original minimizes ``Tr Λ`` of ``H`` directly. For Schrödinger problems
   (``T = scale·(shift - H)``) both find the same states.
-* Memory: the original stores ``J̄`` as ``L × L × P`` (from per-example Jacobians; the authors' PyTorch
-  port also materializes ``n × L × P``), tens of GB at ``L = 16``. Here a parameter that is split by mode
-  along one axis (slice ``m`` feeds output ``m`` only, as in :class:`~neuralsvd.models.ParallelMLP`'s
-  stacked networks) has ``J_ij = 0`` off the block ``j = m``, so its average is stored as
-  ``(L, *shape)`` (``L·P`` in all) and this batch's term comes from ``L`` batched vector-Jacobian
-  products (cotangent ``u_i``), never from per-example Jacobians. Parameters shared by several modes keep
-  the full ``(L, L, *shape)`` average (``L²`` products): the fallback that makes any model work, with the
-  original's memory. See :func:`mode_axes` for how parameters are classified.
+* Memory: the original stores ``J̄`` as ``L × L × P`` and forms ``∂Σ/∂θ`` as a full Jacobian (the
+  authors' PyTorch port from per-example Jacobians, ``n × L × P``): tens of GB at ``L = 16``. Here a
+  parameter that is split by mode along one axis (slice ``m`` feeds output ``m`` only, as in the
+  stacked networks of :class:`~neuralsvd.models.ParallelMLP`) has ``J_ij = 0`` off the block ``j = m``,
+  so its average is stored as ``(L, *shape)`` (``L·P`` in all) and this batch's term comes from ``L``
+  batched vector-Jacobian products (cotangent ``u_i``), never from per-example Jacobians. Parameters
+  shared by several modes keep the full ``(L, L, *shape)`` average (``L²`` products): the fallback that
+  makes any model work, with the original's memory. See :func:`mode_axes` for how parameters are classified.
 * ``T`` is never differentiated: by self-adjointness the ``Π`` part of the gradient is
   ``(2/n) (Tu) ∂/∂Π`` with ``Tu`` detached (the original backpropagates through its finite-difference
   Laplacian with a custom covariance gradient, which is the same in expectation).
@@ -114,7 +114,8 @@ class SpIN(SpectralLoss):
         for name, p in named:
             axis = axes.get(name)
             if axis is not None and p.shape[axis] != L:
-                raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} has no mode axis {axis} of size L={L}")
+                raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} has no mode axis {axis} "
+                                 f"of size L={L}")
             shape = (L, *p.shape) if axis is not None else (L, L, *p.shape)
             self.jacobian_avg.register_buffer(name.replace(".", "_"), p.new_zeros(shape))
             self._params.append(p)
@@ -164,7 +165,7 @@ class SpIN(SpectralLoss):
             index = [k for k, axis in enumerate(self._axes) if (axis is not None) == split]
             if not index:
                 continue
-            if split:  # cotangent i: u_i(x_b) on every output; slice m of a split parameter sees output m only
+            if split:  # cotangent i: u_i(x_b) on every output (slice m of a split parameter sees output m)
                 cotangents = u.T.unsqueeze(-1).expand(L, n, L)  # (L, n, L)
             else:  # cotangent (i, j): u_i(x_b) on output j
                 eye = torch.eye(L, dtype=u.dtype, device=u.device)
