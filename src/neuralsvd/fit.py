@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .losses.base import LossOutput, SpectralLoss
 from .operators.base import Operator
+from .quadrature import Quadrature
 
 __all__ = ["fit", "FitResult", "DivergenceError", "CheckpointError", "estimate_eigenvalues"]
 
@@ -197,8 +198,10 @@ READOUTS = ("rayleigh", "ritz")
 
 def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_size: int,
                          generator: torch.Generator, dtype: torch.dtype, readout: str = "rayleigh") -> Readout:
-    """Eigenvalue estimates of the learned ``T`` from fresh batches (``op.evaluation_batches``:
-    ``num_batches`` random batches, the whole population for finite operators), pooled over batches.
+    """Eigenvalue estimates of the learned ``T``: integrated by ``op.evaluation_quadrature()`` when the
+    operator has one (deterministic; e.g. the hydrogen and oscillator presets), else from fresh batches
+    (``op.evaluation_batches``: ``num_batches`` random batches, the whole population for finite
+    operators), pooled over batches.
 
     ``"rayleigh"``: per-mode quotients ``Σ f·Tf / Σ f²`` (SVD: ``Σ g·Tf / sqrt(Σ f² Σ g²)``), modes
     sorted descending. ``"ritz"`` (EVD only): Rayleigh–Ritz in the learned span, the generalized
@@ -211,6 +214,9 @@ def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_siz
         raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
     if svd and readout == "ritz":
         raise ValueError("the 'ritz' readout is for self-adjoint operators (EVD); use 'rayleigh' for SVD")
+    rule = None if svd else op.evaluation_quadrature()
+    if rule is not None:
+        return _readout_evd(*_quadrature_moments(model, op, rule, dtype), readout)
     sums: dict[str, Tensor] = {}
     counts = {"x": 0, "y": 0}
     with torch.no_grad():
@@ -233,7 +239,27 @@ def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_siz
         values = sums["cross"] / counts["y"] / (norms * right)
         order = torch.argsort(values, descending=True)
         return Readout(values[order], order, norms[order], right[order])
-    a, b = sums["a"] / counts["x"], sums["b"] / counts["x"]
+    return _readout_evd(sums["a"] / counts["x"], sums["b"] / counts["x"], readout)
+
+
+def _quadrature_moments(model: nn.Module, op: Operator, rule: Quadrature, dtype: torch.dtype,
+                        chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """``A = E_p[f Tfᵀ]`` and ``B = E_p[f fᵀ]`` integrated by ``rule`` (weights for ``L²(p)``)."""
+    a = b = 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(rule), chunk):
+            x = rule.points[i : i + chunk].to(device=device, dtype=dtype)
+            w = rule.weights[i : i + chunk].to(device=device, dtype=torch.float64).unsqueeze(1)
+            fx, tfx = op.apply(model, x)
+            fx, tfx = fx.double(), tfx.double()
+            a = a + fx.T @ (w * tfx)
+            b = b + fx.T @ (w * fx)
+    return a, b
+
+
+def _readout_evd(a: Tensor, b: Tensor, readout: str) -> Readout:
+    """Rayleigh quotients or Rayleigh–Ritz from ``A = E[f Tfᵀ]`` and ``B = E[f fᵀ]``, each (L, L)."""
     if readout == "rayleigh":
         values = a.diagonal() / b.diagonal()
         order = torch.argsort(values, descending=True)

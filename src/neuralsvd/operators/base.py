@@ -84,6 +84,11 @@ class Operator(nn.Module):
         for _ in range(num_batches):
             yield self.sample_pair(batch_size, generator, dtype) if svd else self.sample(batch_size, generator, dtype)
 
+    def evaluation_quadrature(self) -> Quadrature | None:
+        """A deterministic rule for the final eigenvalue estimates, with weights for ``L²(p)``
+        (``Σ_i w_i a(x_i) b(x_i) ≈ E_p[a b]``), or None to use :meth:`evaluation_batches` (default)."""
+        return None
+
     def validate(self, x: Tensor) -> None:
         """Raise ``ValueError`` if the operator is ill-defined on the batch ``x`` (called once by fit)."""
 

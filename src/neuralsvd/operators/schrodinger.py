@@ -92,6 +92,14 @@ class Schrodinger(Operator):
     def eigenvalues_from_learned(self, eigenvalues: Tensor) -> Tensor:
         return self.shift - eigenvalues / self.scale
 
+    def _quadrature_in_sampling_measure(self, max_points: int = 100_000) -> quad.Quadrature | None:
+        """This operator's :meth:`quadrature` re-weighted for ``L²(p)`` (``w p(x)``), if it has at most
+        ``max_points`` points; presets with deterministic rules use it for read-outs."""
+        q = self.quadrature()
+        if len(q) > max_points:
+            return None
+        return quad.Quadrature(q.points, q.weights * torch.exp(self.sampler.log_prob(q.points)))
+
     def eigenfunctions_from_model(self, fx: Tensor, x: Tensor) -> Tensor:
         return torch.exp(0.5 * self.sampler.log_prob(x)).unsqueeze(-1) * fx
 
@@ -158,6 +166,11 @@ class Hydrogen2D(Schrodinger):
                 angular = torch.full_like(theta, 1 / math.sqrt(2 * math.pi))
             cols.append(radial * angular)
         return torch.stack(cols, 1)
+
+    def evaluation_quadrature(self) -> quad.Quadrature | None:
+        """The polar rule: Monte Carlo read-outs of ``⟨f, Tf⟩`` have heavy tails here (the Coulomb
+        ``1/r`` is cancelled only by an exact cusp), a quadrature has none."""
+        return self._quadrature_in_sampling_measure()
 
     def quadrature(self) -> quad.Quadrature:
         """Polar rule to r = 400/Z with panels refined at the nucleus (integration error < 1e-10 for n ≤ 3)."""
@@ -229,6 +242,10 @@ class HarmonicOscillator(Schrodinger):
         per_axis = [_hermite_functions(x[:, a], self.omega[a], kmax) for a in range(self.dim)]  # each (n, kmax+1)
         cols = [torch.stack([per_axis[a][:, k] for a, k in enumerate(i)], 0).prod(0) for i in idx]
         return torch.stack(cols, 1)
+
+    def evaluation_quadrature(self) -> quad.Quadrature | None:
+        """The tensor Gauss–Legendre rule when it has at most 10⁵ points (d ≤ 2), else None (Monte Carlo)."""
+        return self._quadrature_in_sampling_measure() if self.dim <= 3 else None
 
     def quadrature(self) -> quad.Quadrature:
         """Tensor Gauss–Legendre on a box holding the states below ``shift`` (d ≤ 3), else Monte Carlo.
