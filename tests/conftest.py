@@ -9,6 +9,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """The test problems are small: one intra-op thread is several times faster than two on busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_restore():
     """Seed every RNG the tests touch and restore the global torch state afterwards."""

@@ -24,15 +24,6 @@ TOP = np.array([5.0, 4.0, 3.0, 2.0])
 NEURALEF_EPS = 1e-5  # added to R_ii by NeuralEF (the authors' value)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These problems are tiny: one intra-op thread is several times faster on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _symmetric_matrix(n=30, seed=0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))

@@ -20,15 +20,6 @@ ALL_FOUR = ["neuralsvd-seq", "neuralsvd-joint", "spin", "neuralef"]
 pytestmark = pytest.mark.filterwarnings("ignore:non-finite values:RuntimeWarning")  # the "nan" method
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These problems are tiny: one intra-op thread is several times faster on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _broken(num_modes):
     raise RuntimeError("deliberately broken")
 

@@ -23,6 +23,16 @@ __all__ = [
     # evaluation
     "evaluate",
     # submodules
-    "autodiff", "metrics", "models", "operators", "quadrature", "sampling",
+    "autodiff", "metrics", "models", "operators", "quadrature", "sampling", "estimators",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``neuralsvd.estimators`` (scikit-learn style estimators) is imported on first use: it needs
+    scikit-learn, which the rest of the package does not."""
+    if name == "estimators":
+        import importlib
+
+        return importlib.import_module(".estimators", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
         out = args.out or f"runs/{config.problem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run(config, out, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
         print(f"neuralsvd: error: {err}", file=sys.stderr)
         return 2
     except DivergenceError as err:

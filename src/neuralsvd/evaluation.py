@@ -87,7 +87,8 @@ def evaluate(result: FitResult, operator: Operator | None = None, quadrature: Qu
     except NotImplementedError:
         return out
     r64 = _float64_copy(result)
-    device = next(r64.model[0].parameters() if r64.is_svd else r64.model.parameters()).device
+    first = next(r64.model[0].parameters() if r64.is_svd else r64.model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     points = quad.points.to(device)
     quad = Quadrature(points, quad.weights.to(device))
     if exact is None:

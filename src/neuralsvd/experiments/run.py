@@ -18,7 +18,7 @@ import torch
 from ..evaluation import evaluate
 from ..fit import DivergenceError, fit
 from .config import ConfigError, ExperimentConfig
-from .presets import build_model, make_loss, make_operator
+from .presets import build_model, get_problem, make_loss, make_operator
 
 __all__ = ["run", "summary_table"]
 
@@ -105,7 +105,10 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
         _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
                                                 **dict.fromkeys(NULL_ON_FAILURE)})
         raise
+    problem = get_problem(config.problem)
     report = evaluate(result)
+    if problem.extra_metrics is not None:
+        report.update(problem.extra_metrics(result, config))
     metrics = {
         **header, "wall_seconds": result.wall_seconds,
         "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
@@ -115,7 +118,10 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     _write_json(out_dir / "metrics.json", metrics)
     from .. import plotting
 
-    plotting.plot_eigenfunctions(result, operator, path=out_dir / "eigenfunctions.png")
+    if problem.plot is not None:
+        problem.plot(result, config, out_dir / "eigenfunctions.png")
+    else:
+        plotting.plot_eigenfunctions(result, operator, path=out_dir / "eigenfunctions.png")
     exact = metrics["exact_eigenvalues"]
     plotting.plot_training_curve(result.history, torch.tensor(exact) if exact is not None else None,
                                  path=out_dir / "training_curve.png")

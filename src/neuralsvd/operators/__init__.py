@@ -1,7 +1,17 @@
 """Operators ``T`` the library can decompose; conventions in :mod:`neuralsvd.operators.base`."""
 
+from . import kernels
 from .base import CrossOperator, Operator
 from .dense import DenseOperator
+from .graph import CycleGraph, GraphOperator, GridGraph, NodeFeatures
+from .kernel import GaussianRBF, KernelOperator, NystromExtension, nystrom
+from .paired import ConstantFirst, GaussianPairs, PairedOperator, PairedSamples, cross_view_retrieval
 from .schrodinger import HarmonicOscillator, Hydrogen2D, Schrodinger
 
-__all__ = ["Operator", "CrossOperator", "Schrodinger", "Hydrogen2D", "HarmonicOscillator", "DenseOperator"]
+__all__ = [
+    "Operator", "CrossOperator", "Schrodinger", "Hydrogen2D", "HarmonicOscillator", "DenseOperator",
+    # defined by data: kernels, graphs, paired samples
+    "kernels", "KernelOperator", "GaussianRBF", "NystromExtension", "nystrom",
+    "GraphOperator", "CycleGraph", "GridGraph", "NodeFeatures",
+    "PairedOperator", "PairedSamples", "GaussianPairs", "ConstantFirst", "cross_view_retrieval",
+]

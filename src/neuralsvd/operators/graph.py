@@ -4,10 +4,15 @@ Conventions (on top of :mod:`neuralsvd.operators.base`): functions live on the n
 the **uniform** measure (as :class:`~neuralsvd.operators.DenseOperator`), and
 $(Tf)(i) = \sum_j M_{ij} f(j)$ with $M = D^{-1/2} A D^{-1/2}$ (``normalized=True``; the top of its
 spectrum is the bottom of the normalized Laplacian $I - M$, i.e. Laplacian eigenmaps / spectral
-embedding) or $M = A$. Eigenvalues are those of ``M``, descending; exact eigenfunctions are ``sqrt(N) v``
-for unit eigenvectors ``v``.
+embedding) or $M = A$. The learned operator is ``T = M - shift·I`` (same eigenvectors; ``shift`` near the
+top eigenvalue makes clustered eigenvalues well separated relative to the largest, which speeds up
+training, e.g. on well-clustered graphs where many eigenvalues of ``M`` are close to 1; only modes with
+eigenvalue above ``shift`` are learnable). Reported eigenvalues are those of ``M``, descending; exact
+eigenfunctions are ``sqrt(N) v`` for unit eigenvectors ``v``.
 
-**Estimator.** Batches are node indices (:class:`~neuralsvd.sampling.Index`); for each sampled node the
+**Estimator.** Batches are node indices (:class:`~neuralsvd.sampling.Index`, i.i.d. by default, so that
+NestedLoRA's split-batch second moments are unbiased; ``replacement=False`` with a batch of all nodes is
+the population, for ``NestedLoRA(unbiased=False)``); for each sampled node the
 neighbourhood sum $\sum_j M_{ij} f(j)$ is computed exactly from the graph (``f`` evaluated once per
 distinct neighbour), so ``(Tf)(i)`` carries no noise and minibatch estimates are unbiased. Cost per batch:
 the number of edges leaving it. Evaluation uses all nodes once.
@@ -51,7 +56,9 @@ class NodeFeatures(nn.Module):
 
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"NodeFeatures expects integer node indices of shape (n,), got dtype {index.dtype}")
+            raise ValueError(
+                f"NodeFeatures expects integer node indices of shape (n,), got dtype {index.dtype}"
+            )
         p = next(self.net.parameters(), None)
         x = self.features[index.reshape(-1)]
         return self.net(x.to(p.dtype) if p is not None else x)
@@ -59,7 +66,7 @@ class NodeFeatures(nn.Module):
 
 def _as_csr(adjacency: sp.spmatrix | sp.sparray | np.ndarray | Tensor) -> sp.csr_array:
     a = adjacency.detach().cpu().numpy() if isinstance(adjacency, Tensor) else adjacency
-    a = sp.csr_array(a, dtype=np.float64)
+    a = sp.csr_array(a, dtype=np.float64, copy=True)  # sorted and pruned below, never the caller's
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
         raise ValueError(f"adjacency must be a square (N, N) matrix with N >= 2, got shape {a.shape}")
     if not np.isfinite(a.data).all():
@@ -81,21 +88,33 @@ class GraphOperator(Operator):
         adjacency: symmetric non-negative ``(N, N)`` weights (scipy.sparse, numpy or torch).
         features: optional node features ``(N, d)`` for :meth:`node_model`.
         normalized: ``M = D^{-1/2} A D^{-1/2}`` (default) or ``M = A``.
+        replacement: draw batches of nodes with replacement (default) or without.
+        shift: learn ``T = M - shift·I`` (default 0).
     """
 
-    def __init__(self, adjacency: sp.spmatrix | sp.sparray | np.ndarray | Tensor,
-                 features: Tensor | np.ndarray | None = None, normalized: bool = True):
+    def __init__(
+        self,
+        adjacency: sp.spmatrix | sp.sparray | np.ndarray | Tensor,
+        features: Tensor | np.ndarray | None = None,
+        normalized: bool = True,
+        replacement: bool = True,
+        shift: float = 0.0,
+    ):
         super().__init__()
         a = _as_csr(adjacency)
         n = a.shape[0]
         if normalized:
             degree = np.asarray(a.sum(1)).ravel()
             if (degree <= 0).any():
-                raise ValueError(f"normalized=True needs every node to have an edge; node "
-                                 f"{int(np.flatnonzero(degree <= 0)[0])} is isolated")
+                raise ValueError(
+                    f"normalized=True needs every node to have an edge; node "
+                    f"{int(np.flatnonzero(degree <= 0)[0])} is isolated"
+                )
             scale = sp.diags_array(1 / np.sqrt(degree))
             a = sp.csr_array(scale @ a @ scale)
-        self.matrix, self.normalized, self.num_nodes = a, bool(normalized), n
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift)):
+            raise ValueError(f"shift must be a finite number, got {shift!r}")
+        self.matrix, self.normalized, self.num_nodes, self.shift = a, bool(normalized), n, float(shift)
         self.register_buffer("crow", torch.from_numpy(a.indptr.astype(np.int64)))
         self.register_buffer("col", torch.from_numpy(a.indices.astype(np.int64)))
         self.register_buffer("weight", torch.from_numpy(a.data))
@@ -104,13 +123,15 @@ class GraphOperator(Operator):
             if features.ndim != 2 or features.shape[0] != n:
                 raise ValueError(f"features must be (N, d) = ({n}, d), got shape {tuple(features.shape)}")
         self.features = features
-        self.sampler = Index(n)
+        self.sampler = Index(n, replacement)
         self._reference: dict[int, tuple[Tensor, Tensor]] = {}
 
     def node_model(self, net: nn.Module) -> NodeFeatures:
         """``net`` on the node features, as a model of node indices."""
         if self.features is None:
-            raise ValueError("this GraphOperator has no node features; pass features=(N, d) or use models.Tabular")
+            raise ValueError(
+                "this GraphOperator has no node features; pass features=(N, d) or use models.Tabular"
+            )
         return NodeFeatures(net, self.features)
 
     def sample(self, n, generator=None, dtype=None):
@@ -118,22 +139,26 @@ class GraphOperator(Operator):
 
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """All nodes once: estimates are exact, not sampled."""
-        yield torch.arange(self.num_nodes, device=generator.device if generator is not None else self.crow.device)
+        device = generator.device if generator is not None else self.crow.device
+        yield torch.arange(self.num_nodes, device=device)
 
     def _apply_operator(self, f: Function, x: Tensor) -> tuple[Tensor, Tensor]:
         fx = f(x)  # (n, L)
         check_model_output(fx, x.shape[0])
         x = x.reshape(-1).to(self.crow.device)
         start, count = self.crow[x], self.crow[x + 1] - self.crow[x]  # (n,)
-        row = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), count)  # (E,) batch row per edge
+        row = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), count)  # (E,) row per edge
         offset = torch.cumsum(count, 0) - count  # (n,) first edge of each row in the flat list
-        position = start[row] + torch.arange(row.shape[0], device=x.device) - offset[row]  # (E,) into col/weight
+        position = start[row] + torch.arange(row.shape[0], device=x.device) - offset[row]  # (E,) into col
         with torch.no_grad():
             nodes, inverse = torch.unique(self.col[position], return_inverse=True)
             f_neighbours = f(nodes)[inverse]  # (E, L)
             weighted = self.weight[position].to(f_neighbours).unsqueeze(1) * f_neighbours
             tfx = torch.zeros_like(fx).index_add_(0, row.to(fx.device), weighted.to(fx.device))
-        return fx, tfx
+        return fx, tfx - self.shift * fx.detach()
+
+    def eigenvalues_from_learned(self, eigenvalues: Tensor) -> Tensor:
+        return eigenvalues + self.shift
 
     def quadrature(self) -> Quadrature:
         n = self.num_nodes
@@ -162,6 +187,7 @@ class GraphOperator(Operator):
 
 # --- closed forms: products of paths and cycles ------------------------------------------------------------
 
+
 def _path_spectrum(m: int) -> tuple[np.ndarray, np.ndarray]:
     """Adjacency of the path on ``m`` nodes: eigenvalues ``2 cos(πk/(m+1))``, ``k = 1..m`` (descending),
     unit eigenvectors ``sqrt(2/(m+1)) sin(πkj/(m+1))`` as columns ``(m, m)``."""
@@ -183,7 +209,10 @@ def _cycle_spectrum(m: int) -> tuple[np.ndarray, np.ndarray]:
             continue
         value = 2 * math.cos(2 * math.pi * k / m)
         values += [value, value]
-        vectors += [math.sqrt(2 / m) * np.cos(2 * np.pi * k * j / m), math.sqrt(2 / m) * np.sin(2 * np.pi * k * j / m)]
+        vectors += [
+            math.sqrt(2 / m) * np.cos(2 * np.pi * k * j / m),
+            math.sqrt(2 / m) * np.sin(2 * np.pi * k * j / m),
+        ]
     return np.array(values), np.stack(vectors, 1)
 
 
@@ -192,17 +221,21 @@ class _ProductGraph(GraphOperator):
     with its spectrum in closed form: eigenvalues are sums of the factors' (divided by the degree when
     normalized, for regular graphs), eigenvectors Kronecker products; ties keep the factors' order."""
 
-    def __init__(self, sizes: Sequence[int], periodic: Sequence[bool], normalized: bool):
+    def __init__(self, sizes: Sequence[int], periodic: Sequence[bool], normalized: bool, replacement: bool):
         for m, ring in zip(sizes, periodic):
             if isinstance(m, bool) or not isinstance(m, int) or m < (3 if ring else 2):
-                raise ValueError(f"sizes must be integers >= {3 if ring else 2} ({'cycle' if ring else 'path'}), got {m!r}")
+                raise ValueError(
+                    f"sizes must be integers >= {3 if ring else 2} ({'cycle' if ring else 'path'}), got {m!r}"
+                )
         factors = [_cycle_spectrum(m) if ring else _path_spectrum(m) for m, ring in zip(sizes, periodic)]
         self.sizes, self.periodic = tuple(sizes), tuple(periodic)
         self._factors = factors
         if normalized and not all(periodic):
-            raise ValueError("the normalized operator of a grid with open boundaries has no closed form "
-                             "(irregular degrees); use periodic=True, normalized=False, or GraphOperator(adjacency)")
-        super().__init__(self._adjacency(), normalized=normalized)
+            raise ValueError(
+                "the normalized operator of a grid with open boundaries has no closed form "
+                "(irregular degrees); use periodic=True, normalized=False, or GraphOperator(adjacency)"
+            )
+        super().__init__(self._adjacency(), normalized=normalized, replacement=replacement)
 
     def _adjacency(self) -> sp.csr_array:
         total = sp.csr_array((int(np.prod(self.sizes)),) * 2)
@@ -235,8 +268,8 @@ class CycleGraph(_ProductGraph):
     """The cycle on ``n`` nodes: eigenvalues ``2 cos(2πk/n)`` of ``A`` (``cos(2πk/n)`` normalized), a
     constant top mode and degenerate pairs (cos, sin) after it."""
 
-    def __init__(self, n: int, normalized: bool = True):
-        super().__init__((n,), (True,), normalized)
+    def __init__(self, n: int, normalized: bool = True, replacement: bool = True):
+        super().__init__((n,), (True,), normalized, replacement)
 
 
 class GridGraph(_ProductGraph):
@@ -244,5 +277,7 @@ class GridGraph(_ProductGraph):
     ``2 cos(πa/(rows+1)) + 2 cos(πb/(cols+1))`` (open) or ``2 cos(2πa/rows) + 2 cos(2πb/cols)``
     (``periodic``, a torus). ``normalized`` needs ``periodic`` (a regular graph, ``M = A/4``)."""
 
-    def __init__(self, rows: int, cols: int, periodic: bool = False, normalized: bool = False):
-        super().__init__((rows, cols), (periodic, periodic), normalized)
+    def __init__(
+        self, rows: int, cols: int, periodic: bool = False, normalized: bool = False, replacement: bool = True
+    ):
+        super().__init__((rows, cols), (periodic, periodic), normalized, replacement)

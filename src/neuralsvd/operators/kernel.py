@@ -42,8 +42,16 @@ from .kernels import RBF, Kernel
 if TYPE_CHECKING:
     from ..fit import FitResult
 
-__all__ = ["KernelOperator", "GaussianRBF", "NystromExtension", "nystrom", "split_halves", "gaussian_qmc",
-           "gaussian_quadrature", "normalized_hermite_e", "top_multi_indices"]
+__all__ = [
+    "KernelOperator",
+    "GaussianRBF",
+    "NystromExtension",
+    "nystrom",
+    "gaussian_qmc",
+    "gaussian_quadrature",
+    "normalized_hermite_e",
+    "top_multi_indices",
+]
 
 #: data sets up to this size are evaluated on the whole population, and have a dense reference solution
 POPULATION_LIMIT = 8192
@@ -51,13 +59,10 @@ POPULATION_LIMIT = 8192
 
 # --- Gaussian-measure helpers (shared with the paired-sample operators) ----------------------------------
 
-def split_halves(n: int) -> tuple[slice, slice]:
-    """The two halves ``(A, B)`` of a batch of ``n`` points used by the split estimators."""
-    return slice(0, n // 2), slice(n // 2, n)
 
-
-def gaussian_qmc(num: int, mean: Tensor, cholesky: Tensor, generator: torch.Generator | None,
-                 dtype: torch.dtype) -> Tensor:
+def gaussian_qmc(
+    num: int, mean: Tensor, cholesky: Tensor, generator: torch.Generator | None, dtype: torch.dtype
+) -> Tensor:
     """``num`` quasi-random points of ``N(mean, L Lᵀ)``: scrambled Sobol ``u``, ``x = mean + Φ⁻¹(u) Lᵀ``.
 
     Shapes: ``mean (d,)``, ``cholesky (d, d)`` -> ``(num, d)``. The scrambling seed is drawn from
@@ -88,7 +93,7 @@ def gaussian_quadrature(mean: Tensor, cholesky: Tensor, half_width: float = 12.0
 
 
 def normalized_hermite_e(x: Tensor, kmax: int) -> Tensor:
-    """``He_k(x) / sqrt(k!)`` for ``k = 0..kmax`` (orthonormal under ``N(0, 1)``): ``x (n,) -> (n, kmax+1)``."""
+    """``He_k(x) / sqrt(k!)``, ``k = 0..kmax`` (orthonormal under ``N(0, 1)``): ``x (n,) -> (n, kmax+1)``."""
     h = [torch.ones_like(x), x]
     for k in range(1, kmax):
         h.append((x * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1))
@@ -118,6 +123,7 @@ def top_multi_indices(decay: Sequence[float], num: int) -> list[tuple[int, ...]]
 
 # --- Nyström ------------------------------------------------------------------------------------------
 
+
 class NystromExtension(nn.Module):
     r"""The Nyström extension of eigenvectors of ``K/n`` on ``anchors (n, d)``:
     $\phi_l(x) = \frac{1}{n\lambda_l}\sum_j k(x, a_j)\, \sqrt n\, v_{jl}$, which equals $\sqrt n\, v_l$ on the
@@ -138,8 +144,9 @@ class NystromExtension(nn.Module):
         return self.kernel(x, self.anchors.to(x)) @ self.coefficients.to(x)
 
     @classmethod
-    def fit_points(cls, kernel: Kernel, points: Tensor, num_modes: int | None = None
-                   ) -> tuple[Tensor, "NystromExtension"]:
+    def fit_points(
+        cls, kernel: Kernel, points: Tensor, num_modes: int | None = None
+    ) -> tuple[Tensor, "NystromExtension"]:
         """Top ``num_modes`` eigenpairs of ``K/n`` on ``points (n, d)`` in float64 (default: all with
         eigenvalue above ``1e-10`` times the largest): ``(eigenvalues (L,), extension)``."""
         points = points.double()
@@ -149,7 +156,9 @@ class NystromExtension(nn.Module):
         positive = int((w > 1e-10 * w[0].clamp_min(0)).sum())
         num_modes = positive if num_modes is None else num_modes
         if not 1 <= num_modes <= positive:
-            raise ValueError(f"num_modes={num_modes}, but K/n on {n} points has {positive} positive eigenvalues")
+            raise ValueError(
+                f"num_modes={num_modes}, but K/n on {n} points has {positive} positive eigenvalues"
+            )
         return w[:num_modes], cls(kernel, points, w[:num_modes], v[:, :num_modes])
 
 
@@ -166,18 +175,28 @@ def nystrom(operator: "KernelOperator", num_points: int, num_modes: int, seed: i
     wall = time.perf_counter() - t0
     order = torch.arange(num_modes)
     empty = {"step": torch.arange(0), "loss": torch.empty(0), "eigenvalues": torch.empty(0, num_modes)}
-    return FitResult(model=extension.eval(), operator=operator, eigenvalues=eigenvalues, learned_eigenvalues=eigenvalues,
-                     order=order, norms=torch.ones(num_modes, dtype=torch.float64), history=empty, steps=0,
-                     wall_seconds=wall, steps_per_second=math.nan)
+    return FitResult(
+        model=extension.eval(),
+        operator=operator,
+        eigenvalues=eigenvalues,
+        learned_eigenvalues=eigenvalues,
+        order=order,
+        norms=torch.ones(num_modes, dtype=torch.float64),
+        history=empty,
+        steps=0,
+        wall_seconds=wall,
+        steps_per_second=math.nan,
+    )
 
 
 # --- the operator -------------------------------------------------------------------------------------------
+
 
 class KernelOperator(Operator):
     """``(Tf)(x) = E_{x'~p}[k(x, x') f(x')]`` for a symmetric kernel on ``L²(p)`` (module docstring).
 
     Args:
-        kernel: a callable ``k(x (n, d), y (m, d)) -> (n, m)``, e.g. :class:`~neuralsvd.operators.kernels.RBF`.
+        kernel: a callable ``k(x (n, d), y (m, d)) -> (n, m)``, e.g. :class:`~.kernels.RBF`.
         sampler_or_data: a :class:`~neuralsvd.sampling.Sampler` (``p`` is its distribution) or data
             ``(N, d)`` (``p`` is the empirical measure; batches are drawn with replacement, so the split
             estimator is unbiased for ``K/N``).
@@ -194,8 +213,10 @@ class KernelOperator(Operator):
         else:
             data = torch.as_tensor(sampler_or_data)
             if data.ndim != 2 or data.shape[0] < 2 or not data.is_floating_point():
-                raise ValueError(f"data must be a float array (N, d) with N >= 2, got shape {tuple(data.shape)} "
-                                 f"dtype {data.dtype}")
+                raise ValueError(
+                    f"data must be a float array (N, d) with N >= 2, got shape {tuple(data.shape)} "
+                    f"dtype {data.dtype}"
+                )
             if not bool(torch.isfinite(data).all()):
                 raise ValueError("data contains non-finite values")
             self.sampler = None
@@ -214,7 +235,9 @@ class KernelOperator(Operator):
         k = self.kernel(x, x)
         if not isinstance(k, Tensor) or k.shape != (x.shape[0], x.shape[0]):
             shape = tuple(k.shape) if isinstance(k, Tensor) else type(k).__name__
-            raise ValueError(f"kernel must map x (n, d), y (m, d) to (n, m) = {(x.shape[0],) * 2}; got {shape}")
+            raise ValueError(
+                f"kernel must map x (n, d), y (m, d) to (n, m) = {(x.shape[0],) * 2}; got {shape}"
+            )
         if not bool(torch.isfinite(k).all()):
             raise ValueError("kernel returned non-finite values")
         if not torch.allclose(k, k.T, rtol=1e-5, atol=1e-6 * float(k.abs().max())):
@@ -226,7 +249,7 @@ class KernelOperator(Operator):
             raise ValueError(f"KernelOperator needs batches of at least 2 points (two halves), got {n}")
         fx = f(x)  # (n, L)
         check_model_output(fx, n)
-        a, b = split_halves(n)
+        a, b = slice(0, n // 2), slice(n // 2, n)  # the halves A, B
         with torch.no_grad():
             k = self.kernel(x[a], x[b]).to(fx)  # (|A|, |B|)
             tfx = torch.cat([k @ fx[b] / k.shape[1], k.T @ fx[a] / k.shape[0]])  # (n, L)
@@ -242,8 +265,13 @@ class KernelOperator(Operator):
             return
         if isinstance(self.sampler, Gaussian):
             mean = torch.full((self.dim,), self.sampler.mean, dtype=torch.float64)
-            points = gaussian_qmc(num_batches * batch_size, mean, torch.diag(self.sampler.std), generator,
-                                  dtype or torch.get_default_dtype())
+            points = gaussian_qmc(
+                num_batches * batch_size,
+                mean,
+                torch.diag(self.sampler.std),
+                generator,
+                dtype or torch.get_default_dtype(),
+            )
             for q in points.split(batch_size):
                 yield torch.cat([q, q])
             return
@@ -265,8 +293,10 @@ class KernelOperator(Operator):
     # -- dense reference for data measures -------------------------------------------------------------------
     def _data_reference(self) -> tuple[Tensor, NystromExtension]:
         if self.data is None or self.data.shape[0] > POPULATION_LIMIT:
-            raise NotImplementedError("KernelOperator has a reference solution only for data of at most "
-                                      f"{POPULATION_LIMIT} points (the eigendecomposition of K/N)")
+            raise NotImplementedError(
+                "KernelOperator has a reference solution only for data of at most "
+                f"{POPULATION_LIMIT} points (the eigendecomposition of K/N)"
+            )
         if self._reference is None:
             self._reference = NystromExtension.fit_points(self.kernel, self.data.cpu())
         return self._reference
@@ -300,7 +330,9 @@ class GaussianRBF(KernelOperator):
     eigenvalue (ties: lexicographic in the per-axis indices).
     """
 
-    def __init__(self, dim: int = 1, gamma: float = 2.0, std: float | Sequence[float] = 1.0, mean: float = 0.0):
+    def __init__(
+        self, dim: int = 1, gamma: float = 2.0, std: float | Sequence[float] = 1.0, mean: float = 0.0
+    ):
         super().__init__(RBF(gamma), Gaussian(dim, std, mean))
         a = 1.0 / (4 * self.sampler.std**2)  # (d,)
         b = self.kernel.gamma
@@ -322,6 +354,10 @@ class GaussianRBF(KernelOperator):
         x = x.double() - self.sampler.mean
         a, c = self._a.to(x.device), self._c.to(x.device)
         envelope = (c / a) ** 0.25 * torch.exp(-(c - a) * x * x)  # (n, d)
-        per_axis = [envelope[:, i : i + 1] * normalized_hermite_e(2 * c[i].sqrt() * x[:, i], kmax)
-                    for i in range(self.dim)]  # each (n, kmax + 1)
-        return torch.stack([torch.stack([per_axis[i][:, k] for i, k in enumerate(m)]).prod(0) for m in idx], 1)
+        per_axis = [
+            envelope[:, i : i + 1] * normalized_hermite_e(2 * c[i].sqrt() * x[:, i], kmax)
+            for i in range(self.dim)
+        ]  # each (n, kmax + 1)
+        return torch.stack(
+            [torch.stack([per_axis[i][:, k] for i, k in enumerate(m)]).prod(0) for m in idx], 1
+        )

@@ -64,7 +64,9 @@ class Polynomial:
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
             raise ValueError(f"degree must be a positive integer, got {degree!r}")
         if not (isinstance(coef0, (int, float)) and coef0 >= 0):
-            raise ValueError(f"coef0 must be a non-negative number (else the kernel is not PSD), got {coef0!r}")
+            raise ValueError(
+                f"coef0 must be a non-negative number (else the kernel is not PSD), got {coef0!r}"
+            )
         self.degree, self.gamma, self.coef0 = degree, _check_gamma(gamma), float(coef0)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
@@ -109,7 +111,9 @@ class Centered:
     def mean_embedding(self, x: Tensor) -> Tensor:
         """``m(x) (n,)``, in chunks of ``chunk`` points."""
         data = self.data.to(x)
-        return torch.cat([self.kernel(x[i : i + self.chunk], data).mean(1) for i in range(0, x.shape[0], self.chunk)])
+        return torch.cat(
+            [self.kernel(x[i : i + self.chunk], data).mean(1) for i in range(0, x.shape[0], self.chunk)]
+        )
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         mx, my = self.mean_embedding(x), self.mean_embedding(y)
@@ -131,5 +135,7 @@ def make_kernel(kernel: str | Kernel, **params: float) -> Kernel:
             raise ValueError(f"parameters {sorted(params)} apply to named kernels only, not to {kernel!r}")
         return kernel
     if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)} or a callable k(x, y) -> (n, m)")
+        raise ValueError(
+            f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)} or a callable k(x, y) -> (n, m)"
+        )
     return KERNELS[kernel](**params)
