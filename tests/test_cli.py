@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neuralsvd import cli
-from neuralsvd.experiments import ConfigError, ExperimentConfig, get_problem
+from neuralsvd.experiments import ConfigError, ExperimentConfig, get_problem, run
 from neuralsvd.operators import HarmonicOscillator
 
 TINY = ["--set", "model.hidden=(16, 16)", "--set", "train.eval_batches=2", "--no-progress"]
@@ -90,3 +90,15 @@ def test_overrides_coerce_types_and_resolve_bare_keys():
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="expects a number"):
         cfg.with_overrides(["lr=fast"])
+
+
+@pytest.mark.parametrize("problem,overrides,field", [
+    ("cycle-graph", ["train.steps=5"], "subspace_distance_all"),
+    ("digits-views", ["train.steps=5", "model.hidden=(16,)"], "cca_precision_at_10"),
+])
+def test_data_problems_run_end_to_end(problem, overrides, field, tmp_path):
+    config = get_problem(problem).default_config().with_overrides(overrides + ["train.eval_batches=2"])
+    metrics = run(config, tmp_path, progress=False, echo=lambda s: None)
+    assert metrics["status"] == "ok" and field in metrics
+    for name in ("metrics.json", "eigenfunctions.png", "config.json", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_size > 0
