@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from neuralsvd import NestedLoRA, cli
 from neuralsvd.experiments import METHODS
