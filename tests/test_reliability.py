@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 import neuralsvd as nsvd
 from neuralsvd import cli
-from neuralsvd.checkpoint import CheckpointError
+from neuralsvd.checkpoint import CheckpointError, load_checkpoint
 from neuralsvd.models import ParallelMLP
 from neuralsvd.operators import HarmonicOscillator, Schrodinger
 
@@ -103,11 +104,22 @@ def test_corrupted_checkpoint_is_refused_and_kept(tmp_path, damage, capsys):
     nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), checkpoint_dir=tmp_path, **{**FIT, "steps": 20})
     path = tmp_path / "checkpoint.pt"
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    garbage = bytes(random.Random(damage).getrandbits(8) for _ in range(4096))
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": garbage, "empty": b""}[damage])
     before = path.read_bytes()
     with pytest.raises(CheckpointError, match="unreadable"):
         nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), checkpoint_dir=tmp_path, resume=True, **FIT)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_any_garbage_file_is_a_checkpoint_error(tmp_path, seed):
+    """Whatever random bytes make the unpickler raise, the caller gets a CheckpointError."""
+    path = tmp_path / "checkpoint.pt"
+    gen = random.Random(seed)
+    path.write_bytes(bytes(gen.getrandbits(8) for _ in range(gen.randint(1, 4096))))
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
 
 
 def test_checkpoint_from_another_model_is_refused(tmp_path):
