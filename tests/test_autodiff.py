@@ -82,6 +82,40 @@ def test_jet_laplacian_low_dimensions_with_envelope_and_box(cls, d):
     torch.testing.assert_close(lap, ref_lap, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cls", [ParallelMLP, MLP])
+@pytest.mark.parametrize("d,fourier_features,envelope", [(1, 0, False), (2, 0, True), (3, 4, False)])
+def test_jet_laplacian_with_radial_input(cls, d, fourier_features, envelope):
+    """``|x|`` as an input: ∇r = x/r, Δr = (d-1)/r pushed through the layers (and with an envelope)."""
+    torch.manual_seed(0)
+    model = cls(d, 2, hidden=(6, 5), fourier_features=fourier_features, fourier_scale=0.5, envelope=envelope,
+                envelope_scale=2.0, radial=True).double()
+    assert model.first_weight.shape[0] == (2 * fourier_features or d) + 1
+    x = _points(5, d, seed=2)
+    value, grad, lap = laplacian(model, x)
+    ref_grad, ref_lap = _autograd_reference(model, x)
+    torch.testing.assert_close(value, model(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lap, ref_lap, rtol=1e-10, atol=1e-10)
+
+
+def test_radial_input_represents_a_cusp():
+    """A radial network can be exactly ``r`` (weights on the radius only): its Laplacian is ``(d-1)/r``,
+    which no smooth function of ``x`` has."""
+    model = ParallelMLP(2, 1, hidden=(1,), activation="tanh", radial=True).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.first_weight[2, 0, 0] = 1.0  # the radius channel
+        model.out_weight.fill_(1.0)
+    x = _points(6, 2, seed=3)
+    r = x.norm(dim=1)
+    value, _, lap = laplacian(model, x)
+    t = torch.tanh(r)
+    torch.testing.assert_close(value[:, 0], t, rtol=1e-12, atol=1e-12)
+    # Δ tanh(r) = tanh''(r) + tanh'(r) / r in 2D
+    torch.testing.assert_close(lap[:, 0], -2 * t * (1 - t**2) + (1 - t**2) / r, rtol=1e-10, atol=1e-10)
+
+
 GENERIC_GRID = [
     pytest.param(cls, act, ff, env, box, id=f"{cls.__name__}-{act}-ff{ff}-{'env' if env else 'noenv'}-box{box}")
     for cls in (ParallelMLP, MLP)

@@ -12,7 +12,8 @@ from scipy import stats
 
 from neuralsvd.operators import HarmonicOscillator, Hydrogen2D, Schrodinger
 from neuralsvd.quadrature import Quadrature, box, gauss_legendre
-from neuralsvd.sampling import Gaussian, Index, Mixture, Sampler, TruncatedGaussian, UniformBox
+from neuralsvd.quadrature import polar
+from neuralsvd.sampling import Gaussian, Index, Mixture, RadialExponential, Sampler, TruncatedGaussian, UniformBox
 
 F64 = torch.float64
 
@@ -174,6 +175,58 @@ def test_oscillator_finite_difference_laplacian_agrees_loosely(kwargs, L):
     assert 1e-9 < rel < 1e-3
 
 
+def _psi_function(op, num_modes):
+    """The exact ``ψ`` itself: the model of a ``model_output="psi"`` operator."""
+    return lambda x: op.exact_eigenfunctions(x, num_modes)
+
+
+@pytest.mark.parametrize("sampler", [None, Mixture([Gaussian(2, 1.0), RadialExponential(2, 3.0)])],
+                         ids=["default", "gauss+exp-mixture"])
+def test_hydrogen_eigen_equation_psi_output(sampler):
+    """``model_output="psi"``: the operator returns ``(ψ/√p, Tψ/√p)``, so Tf = λ f for the exact ψ."""
+    op = Hydrogen2D(sampler=sampler, model_output="psi")
+    L = 16
+    lam = op.scale * (op.shift - op.exact_eigenvalues(L))
+    x = _hydrogen_points(24, 1.0)
+    assert _relative_residual(op, _psi_function(op, L), x, lam) < 1e-8
+    fx, _ = op.apply(_psi_function(op, L), x)
+    torch.testing.assert_close(fx, _importance_function(op, L)(x), rtol=1e-12, atol=0)
+    torch.testing.assert_close(op.eigenfunctions_from_model(fx, x), fx)
+
+
+@pytest.mark.parametrize("kwargs,L", OSCILLATORS)
+def test_oscillator_eigen_equation_psi_output(kwargs, L):
+    op = HarmonicOscillator(**kwargs, model_output="psi")
+    lam = op.scale * (op.shift - op.exact_eigenvalues(L))
+    assert _relative_residual(op, _psi_function(op, L), _oscillator_points(30, op.dim), lam) < 1e-8
+
+
+def test_psi_and_ratio_outputs_give_the_same_estimates():
+    """For the same ψ (a model in each parametrization) both return identical (f, Tf) batches."""
+    sampler = Mixture([Gaussian(2, 1.0), Gaussian(2, 3.0)], [0.4, 0.6])
+    kw = dict(potential=lambda x: (x * x).sum(1) + 0.3 * x[:, 0], dim=2, kinetic=0.5, scale=2.0, shift=1.5,
+              sampler=sampler)
+    ratio, psi_op = Schrodinger(**kw), Schrodinger(**kw, model_output="psi")
+
+    def psi(x):
+        return torch.stack([torch.exp(-0.5 * (x * x).sum(1)) * x[:, 0], torch.exp(-0.3 * (x * x).sum(1))], 1)
+
+    x = _oscillator_points(7, 2, seed=3)
+    f_psi, t_psi = psi_op.apply(psi, x)
+    f_ratio, t_ratio = ratio.apply(lambda y: psi(y) / torch.exp(0.5 * sampler.log_prob(y)).unsqueeze(-1), x)
+    torch.testing.assert_close(f_psi, f_ratio, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(t_psi, t_ratio, rtol=1e-9, atol=1e-11)
+
+
+def test_psi_output_keeps_the_graph():
+    op = Hydrogen2D(model_output="psi")
+    w = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    fx, _ = op.apply(lambda x: w * op.exact_eigenfunctions(x, 3), _hydrogen_points(5, 1.0))
+    assert fx.requires_grad
+    (g,) = torch.autograd.grad(fx.sum(), w)
+    assert g.item() == pytest.approx((fx / w).sum().item(), rel=1e-12)
+
+
 def test_schrodinger_custom_sampler_importance_identity():
     """Tf with a non-default sampler equals scale(shift f + Δ(√p f)/√p - V f) computed by autograd."""
     sampler = Mixture([Gaussian(2, 1.0), Gaussian(2, 3.0)], [0.4, 0.6])
@@ -237,6 +290,29 @@ def test_mixture_log_prob_matches_scipy_and_integrates_to_one():
     assert _integral(s, box([130.0] * 2, 26, 16)) == pytest.approx(1.0, abs=1e-8)
 
 
+@pytest.mark.parametrize("dim,scale", [(1, 0.7), (2, 3.0), (3, 1.5)])
+def test_radial_exponential_log_prob_integrates_to_one(dim, scale):
+    s = RadialExponential(dim, scale)
+    # radial integral ∫ p(r) |S^{d-1}| r^{d-1} dr on Gauss–Legendre panels
+    t, w = gauss_legendre([scale * e for e in (0, 1, 4, 10, 25, 60)], 32)
+    surface = 2 * math.pi ** (dim / 2) / math.gamma(dim / 2)
+    x = torch.zeros(t.shape[0], dim, dtype=F64)
+    x[:, 0] = t
+    total = (w * surface * t ** (dim - 1) * torch.exp(s.log_prob(x))).sum().item()
+    assert total == pytest.approx(1.0, abs=1e-10)
+    if dim == 2:
+        assert _integral(s, polar([0, 1, 5, 20, 60, 200], radial_nodes=24, angles=8)) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_radial_exponential_samples_follow_gamma_radius(gen):
+    s = RadialExponential(2, 2.5)
+    x = s.sample(20000, gen, F64)
+    r = x.norm(dim=1).numpy()
+    assert stats.kstest(r, stats.gamma(a=2, scale=2.5).cdf).pvalue > 1e-3
+    angle = np.arctan2(x[:, 1].numpy(), x[:, 0].numpy())
+    assert stats.kstest(angle, stats.uniform(-math.pi, 2 * math.pi).cdf).pvalue > 1e-3
+
+
 # --- samplers: derivatives of u = ½ log p ----------------------------------------------------------------
 
 def _autograd_half_log_density(sampler, x):
@@ -263,6 +339,13 @@ def test_truncated_gaussian_half_log_density_inside_box():
     torch.testing.assert_close(du, -x / 8.0, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(lap, torch.full((8,), -0.25, dtype=F64))
     for a, b in zip((u, du, lap), _autograd_half_log_density(s, x)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_radial_exponential_half_log_density_matches_autograd():
+    s = RadialExponential(3, 1.7)
+    x = 3 * torch.randn(8, 3, dtype=F64)
+    for a, b in zip(s.half_log_density_derivatives(x), _autograd_half_log_density(s, x)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

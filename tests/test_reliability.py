@@ -67,6 +67,28 @@ def test_resumed_run_is_bitwise_identical(tmp_path):
     assert torch.equal(whole.history["loss"], resumed.history["loss"])
 
 
+def test_callback_sees_the_returned_model_and_changes_nothing():
+    """The callback gets (step, model) at every log_every check, the model as fit would return it then
+    (EMA weights); a run with a callback ends bitwise identical to one without."""
+    kw = {**FIT, "checkpoint_every": 0}
+    plain = nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), **kw)
+    seen = []
+
+    def callback(step, model):
+        seen.append((step, [p.detach().clone() for p in model.parameters()]))
+        with torch.no_grad():
+            model(torch.zeros(3, 2))
+
+    watched = nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), callback=callback, **kw)
+    assert [s for s, _ in seen] == list(range(10, 61, 10))
+    for p, q in zip(_params(plain), _params(watched)):
+        assert torch.equal(p, q)
+    assert torch.equal(plain.eigenvalues, watched.eigenvalues)
+    for p, q in zip(seen[-1][1], _params(watched)):  # the last call saw the returned (EMA) weights
+        assert torch.equal(p, q)
+    assert not torch.equal(seen[0][1][0], seen[-1][1][0])
+
+
 def _cli_args(out) -> list[str]:
     return ["run", "oscillator", "--modes", "2", "--steps", "400", "--checkpoint-every", "25", "--out", str(out),
             "--set", "model.hidden=(16, 16)", "--set", "train.eval_batches=2", "--set", "train.log_every=25",

@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -434,6 +434,7 @@ def fit(
     max_rollbacks: int = 3,
     lr_backoff: float = 0.5,
     readout: str = "rayleigh",
+    callback: Callable[[int, Model], None] | None = None,
 ) -> FitResult:
     """Learn the top ``L`` eigen- (or singular-) functions of ``operator`` by minimizing ``loss``.
 
@@ -460,6 +461,9 @@ def fit(
         eval_batches, eval_batch_size: fresh batches for the final eigenvalue estimates.
         readout: ``"rayleigh"`` (per-mode Rayleigh quotients) or ``"ritz"`` (Rayleigh–Ritz in the learned
             span; EVD only), see :func:`estimate_eigenvalues`.
+        callback: ``callback(step, model)`` after every healthy ``log_every`` check, with the model as it
+            would be returned now (EMA weights, the loss's read-out; for monitoring, e.g. error-vs-step
+            curves; it must not train the model). It does not change the run's random streams.
 
     **Returns:** a :class:`FitResult`; modes are ordered leading first.
 
@@ -526,6 +530,11 @@ def fit(
                         bar.refresh()
                     continue
                 last_good = run.snapshot()
+                if callback is not None:
+                    current = run.final_modules()
+                    callback(step, tuple(current) if svd else loss.readout(current[0]))
+                    for m in run.modules:
+                        m.train()
                 if bar is not None:
                     shown = operator.eigenvalues_from_learned(run.hist_eig[step - 1][: min(loss.num_modes, 4)]).tolist()
                     bar.set_postfix_str(f"loss={run.hist_loss[step - 1].item():.4g} eig=[{', '.join(f'{e:.4g}' for e in shown)}"

@@ -10,8 +10,9 @@ of ``d + 1`` extra matmul channels per layer.
 * :class:`MLP`: one shared trunk with ``L`` outputs.
 * :class:`Tabular`: one free value per (point, mode), for finite operators on indices.
 
-Both MLPs accept optional shared random Fourier features, a learnable per-mode radial envelope
-``exp(-|x| / s_l)`` and the SpIN box factor ``Π_i (sqrt(2D² - x_i²) - D)`` that vanishes on the boundary
+Both MLPs accept optional shared random Fourier features, the radius ``|x|`` as an extra input (a cusp
+at the origin becomes representable), a learnable per-mode radial envelope ``exp(-|x| / s_l)`` and the
+SpIN box factor ``Π_i (sqrt(2D² - x_i²) - D)`` that vanishes on the boundary
 of ``[-D, D]^d``.
 """
 
@@ -84,6 +85,7 @@ class _BatchedMLP(nn.Module):
         envelope: bool = False,
         envelope_scale: float = 10.0,
         box: float | None = None,
+        radial: bool = False,
     ):
         super().__init__()
         for name, value in (("in_features", in_features), ("num_modes", num_modes)):
@@ -106,6 +108,7 @@ class _BatchedMLP(nn.Module):
         self.in_features, self.groups, self.out_features = in_features, groups, out_features
         self.activation = activation
         self.box = None if box is None else float(box)
+        self.radial = bool(radial)
         if fourier_features > 0:
             # shared random frequencies; features [cos 2π xB, sin 2π xB]
             self.register_buffer("frequencies", fourier_scale * torch.randn(in_features, fourier_features))
@@ -113,6 +116,7 @@ class _BatchedMLP(nn.Module):
         else:
             self.frequencies = None
             width_in = in_features
+        width_in += self.radial
         widths = (width_in, *hidden)
         # He (Kaiming-normal) initialization, zero biases
         self.first_weight = nn.Parameter(torch.randn(width_in, groups, hidden[0]) * math.sqrt(2.0 / width_in))
@@ -211,32 +215,36 @@ class _BatchedMLP(nn.Module):
 
     def _features(self, x: Tensor) -> Tensor:
         if self.frequencies is None:
-            return x
-        z = 2 * math.pi * x @ self.frequencies
-        return torch.cat([torch.cos(z), torch.sin(z)], 1)
+            feats = x
+        else:
+            z = 2 * math.pi * x @ self.frequencies
+            feats = torch.cat([torch.cos(z), torch.sin(z)], 1)
+        return torch.cat([feats, x.norm(dim=1, keepdim=True)], 1) if self.radial else feats
 
     def _features_jet(self, x: Tensor) -> Tensor:
         if self.frequencies is None:
-            return jet_input(x)
-        b = 2 * math.pi * self.frequencies  # (d, F)
-        z = x @ b
-        c, s = torch.cos(z), torch.sin(z)  # (n, F)
-        grad = torch.cat([-s.unsqueeze(0) * b.unsqueeze(1), c.unsqueeze(0) * b.unsqueeze(1)], 2)  # (d, n, 2F)
-        value = torch.cat([c, s], 1)  # (n, 2F)
-        lap = -(b * b).sum(0).repeat(2) * value
-        return torch.cat([value.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
+            jet = jet_input(x)
+        else:
+            b = 2 * math.pi * self.frequencies  # (d, F)
+            z = x @ b
+            c, s = torch.cos(z), torch.sin(z)  # (n, F)
+            grad = torch.cat([-s.unsqueeze(0) * b.unsqueeze(1), c.unsqueeze(0) * b.unsqueeze(1)], 2)  # (d, n, 2F)
+            value = torch.cat([c, s], 1)  # (n, 2F)
+            lap = -(b * b).sum(0).repeat(2) * value
+            jet = torch.cat([value.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
+        return torch.cat([jet, _radius_jet(x)], 2) if self.radial else jet
 
     def _envelope_value(self, x: Tensor) -> Tensor:
         return torch.exp(-x.norm(dim=1, keepdim=True) / self.log_envelope_scale.exp())  # (n, L)
 
     def _envelope_jet(self, x: Tensor) -> Tensor:
-        """Jet of ``exp(-|x| / s_l)``, ``(K, n, L)``; uses ``∇r = x/r`` and ``Δr = (d-1)/r``."""
-        d = x.shape[1]
-        r = x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)  # (n, 1)
+        """Jet of ``exp(-r / s_l)``, ``(K, n, L)``: ``∇e = -e ∇r / s``, ``Δe = e (|∇r|² / s - Δr) / s``."""
+        jet_r = _radius_jet(x)  # (d+2, n, 1)
+        r, grad_r, lap_r = jet_r[0], jet_r[1:-1], jet_r[-1]
         inv_s = torch.exp(-self.log_envelope_scale)  # (L,)
         e = torch.exp(-r * inv_s)  # (n, L)
-        grad = (-(e * inv_s)).unsqueeze(0) * (x / r).T.unsqueeze(-1)  # (d, n, L)
-        lap = e * inv_s * (inv_s - (d - 1) / r)
+        grad = (-(e * inv_s)).unsqueeze(0) * grad_r  # (d, n, L)
+        lap = e * inv_s * (inv_s - lap_r)  # |∇r| = 1
         return torch.cat([e.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
 
     def _box_factor(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -255,6 +263,14 @@ class _BatchedMLP(nn.Module):
         return torch.cat([value.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
 
 
+def _radius_jet(x: Tensor) -> Tensor:
+    """Jet of ``r = |x|``, ``(d + 2, n, 1)``: ``r``, ``∇r = x / r``, ``Δr = (d - 1) / r`` (r clamped at the
+    origin, where ``r`` has its kink)."""
+    d = x.shape[1]
+    r = x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)  # (n, 1)
+    return torch.cat([r.unsqueeze(0), (x / r).T.unsqueeze(-1), ((d - 1) / r).unsqueeze(0)], 0)
+
+
 class ParallelMLP(_BatchedMLP):
     """``num_modes`` disjoint MLPs ``R^d -> R`` (one per mode) as one batched module.
 
@@ -267,6 +283,8 @@ class ParallelMLP(_BatchedMLP):
             ``[cos 2π xB, sin 2π xB]`` with ``B ~ N(0, fourier_scale²)``.
         envelope: multiply mode ``l`` by ``exp(-|x| / s_l)`` with learnable ``s_l`` (init ``envelope_scale``).
         box: half-width ``D`` of the SpIN box factor, or ``None``.
+        radial: append ``|x|`` to the inputs (after Fourier features, if any): functions with a cusp
+            at the origin, such as hydrogen states ``∝ e^{-r/(n+½)}``, become representable exactly.
     """
 
     disjoint = True

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["Sampler", "Gaussian", "TruncatedGaussian", "UniformBox", "Mixture", "Index"]
+__all__ = ["Sampler", "Gaussian", "RadialExponential", "TruncatedGaussian", "UniformBox", "Mixture", "Index"]
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -86,6 +86,45 @@ class Gaussian(Sampler):
         u = 0.5 * self.log_prob(x)
         grad = -(x - self.mean) / (2 * var)
         lap = (-1.0 / (2 * var)).sum().expand(x.shape[0])
+        return u, grad, lap
+
+
+class RadialExponential(Sampler):
+    """``p(x) ∝ exp(-|x| / scale)`` on ``R^dim``: exponential tails, heavier than any Gaussian's.
+
+    Normalized, ``p(x) = exp(-r/a) / (a^d Γ(d) |S^{d-1}|)`` with ``|S^{d-1}| = 2 π^{d/2} / Γ(d/2)``; the
+    radius is ``Gamma(d, a)``-distributed and the direction uniform. Matched to states that decay like
+    ``e^{-κ r}`` (hydrogen: ``a = 1/(2κ)`` makes ``p ∝ ψ²`` in the tail). ``p`` has a kink at the origin,
+    so ``½ log p`` has no Laplacian there (``Δu = -(d-1)/(2 a r)``): use it with operators that need the
+    density's values only (``Schrodinger(model_output="psi")``).
+    """
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        _check_positive_int("dim", dim)
+        if not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        self.dim, self.scale = dim, float(scale)
+        log_sphere = math.log(2) + 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim)
+        self._log_norm = dim * math.log(self.scale) + math.lgamma(dim) + log_sphere
+
+    def sample(self, n, generator=None, dtype=None):
+        _check_positive_int("n", n)
+        dtype = dtype or torch.get_default_dtype()
+        device = self._device(generator)
+        # Gamma(d, a) radius as a sum of d exponentials; uniform direction from a normalized Gaussian
+        u = torch.rand(n, self.dim, generator=generator, device=device, dtype=torch.float64)
+        r = -self.scale * torch.log1p(-u).sum(1, keepdim=True)  # (n, 1)
+        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=torch.float64)
+        return (r * z / z.norm(dim=1, keepdim=True)).to(dtype)
+
+    def log_prob(self, x):
+        return -x.norm(dim=-1) / self.scale - self._log_norm
+
+    def half_log_density_derivatives(self, x):
+        r = x.norm(dim=-1).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)  # (n,)
+        u = 0.5 * self.log_prob(x)
+        grad = -x / (2 * self.scale * r.unsqueeze(-1))
+        lap = -(self.dim - 1) / (2 * self.scale * r)
         return u, grad, lap
 
 

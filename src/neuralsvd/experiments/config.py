@@ -26,6 +26,7 @@ class ModelConfig:
     envelope: bool = False
     envelope_scale: float = 10.0
     box: Any = None
+    radial: bool = False
 
 
 @dataclass

@@ -33,34 +33,43 @@ class Problem:
     plot: Callable[[Any, ExperimentConfig, Any], None] | None = None
 
 
-def _gaussian_or_truncated(dim: int, params: dict[str, Any]) -> sampling.Sampler:
-    """``sampler_std``: one std (a Gaussian) or several (an equal-weight mixture of Gaussians);
-    ``sampler_bound``: truncate each to ``[-bound, bound]^d``."""
-    std, bound = params.get("sampler_std"), params.get("sampler_bound")
-    stds = list(std) if isinstance(std, (tuple, list)) else [std]
+def _as_list(value: Any) -> list:
+    return [] if value is None else list(value) if isinstance(value, (tuple, list)) else [value]
 
-    def one(s: float) -> sampling.Sampler:
-        return sampling.Gaussian(dim, s) if bound is None else sampling.TruncatedGaussian(dim, s, bound)
 
-    return one(stds[0]) if len(stds) == 1 else sampling.Mixture([one(s) for s in stds])
+def _sampler(dim: int, params: dict[str, Any]) -> sampling.Sampler:
+    """An equal-weight mixture of one component per scale: ``sampler_std`` (Gaussians ``N(0, σ² I)``,
+    truncated to ``[-bound, bound]^d`` if ``sampler_bound``) and ``sampler_exp_scale`` (radial exponentials
+    ``∝ e^{-|x|/a}``); a single component is used as is."""
+    bound = params.get("sampler_bound")
+    comps: list[sampling.Sampler] = [
+        sampling.Gaussian(dim, s) if bound is None else sampling.TruncatedGaussian(dim, s, bound)
+        for s in _as_list(params.get("sampler_std"))
+    ]
+    comps += [sampling.RadialExponential(dim, a) for a in _as_list(params.get("sampler_exp_scale"))]
+    if not comps:
+        raise ConfigError("the operator needs a sampler: set operator.sampler_std and/or operator.sampler_exp_scale")
+    return comps[0] if len(comps) == 1 else sampling.Mixture(comps)
 
 
 def _hydrogen_operator(p: dict[str, Any]) -> Operator:
-    return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"],
-                                sampler=_gaussian_or_truncated(2, p), laplacian=p["laplacian"])
+    return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"], sampler=_sampler(2, p),
+                                laplacian=p["laplacian"], model_output=p.get("model_output", "ratio"))
 
 
 def _oscillator_operator(p: dict[str, Any]) -> Operator:
     dim = p["dim"]
     return operators.HarmonicOscillator(dim=dim, omega=p["omega"], scale=p["scale"], shift=p["shift"],
-                                        sampler=_gaussian_or_truncated(dim, p), laplacian=p["laplacian"])
+                                        sampler=_sampler(dim, p), laplacian=p["laplacian"],
+                                        model_output=p.get("model_output", "ratio"))
 
 
 def _hydrogen_paper() -> ExperimentConfig:
     """The authors' recipe (experiment-facts §2), kept as a baseline for accuracy studies."""
     return ExperimentConfig(
         problem="hydrogen-paper", modes=16,
-        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact"),
+        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact",
+                      sampler_exp_scale=None, model_output="ratio"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", fourier_features=1024, fourier_scale=0.1),
         train=TrainConfig(steps=500_000, batch_size=128, optimizer="rmsprop", lr=1e-4, schedule="cosine",
                           ema_decay=0.995),
@@ -79,7 +88,7 @@ def _hydrogen() -> ExperimentConfig:
     return ExperimentConfig(
         problem="hydrogen", modes=9,
         operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=(1.0, 4.0, 10.0), sampler_bound=None,
-                      laplacian="exact"),
+                      laplacian="exact", sampler_exp_scale=None, model_output="ratio"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus"),
         train=TrainConfig(steps=12_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None),
     )
@@ -95,7 +104,7 @@ def _oscillator() -> ExperimentConfig:
     return ExperimentConfig(
         problem="oscillator", modes=10,
         operator=dict(dim=2, omega=1.0, scale=1.0, shift=16.0, sampler_std=4.0, sampler_bound=None,
-                      laplacian="exact"),
+                      laplacian="exact", sampler_exp_scale=None, model_output="ratio"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", envelope=True, envelope_scale=10.0),
         train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine"),
     )
@@ -165,4 +174,4 @@ def make_model(config: ExperimentConfig, in_features: int) -> nn.Module:
         raise ConfigError(f"unknown model kind {m.kind!r}; valid: {', '.join(kinds)}")
     return kinds[m.kind](in_features, config.modes, hidden=m.hidden, activation=m.activation,
                          fourier_features=m.fourier_features, fourier_scale=m.fourier_scale,
-                         envelope=m.envelope, envelope_scale=m.envelope_scale, box=m.box)
+                         envelope=m.envelope, envelope_scale=m.envelope_scale, box=m.box, radial=m.radial)

@@ -5,7 +5,12 @@ Importance trick: with ``x ~ p`` the model represents ``f = ψ / sqrt(p)`` and
     (Tf)(x) = scale * (shift f + kinetic Δ(sqrt(p) f) / sqrt(p) - V f),
     Δ(sqrt(p) f) / sqrt(p) = Δf + 2 ∇u·∇f + (|∇u|² + Δu) f,   u = ½ log p,
 
-which is self-adjoint in ``L²(p)`` with ``E_p[f_l f_m] = ∫ ψ_l ψ_m dx``. Learned ``T``-eigenvalues ``λ``
+which is self-adjoint in ``L²(p)`` with ``E_p[f_l f_m] = ∫ ψ_l ψ_m dx``. Alternatively
+(``model_output="psi"``) the model represents ``ψ`` itself and the operator divides by ``sqrt(p)``:
+``f = ψ / sqrt(p)``, ``Tf = (Tψ) / sqrt(p)`` with ``Tψ = scale * (shift ψ + kinetic Δψ - V ψ)``; the same
+estimates (unbiased for any ``p``), but the function class no longer depends on the sampler, ``p`` needs
+no derivatives (a density with a kink is fine), and a model with the physics' decay (an envelope) needs
+not learn ``1 / sqrt(p)``. Learned ``T``-eigenvalues ``λ``
 are reported as energies ``E = shift - λ / scale`` (ascending, ground state first); learned
 eigenfunctions as ``ψ = sqrt(p) f`` in ``L²(dx)``. Pick ``shift`` above the highest energy wanted.
 """
@@ -38,10 +43,15 @@ class Schrodinger(Operator):
         sampler: sampling density ``p`` (default: standard Gaussian ``N(0, I_d)``).
         laplacian: ``"exact"`` (default; forward jets or nested jvp) or ``"fd"`` (central differences with
             step ``fd_eps``).
+        model_output: ``"ratio"`` (default, the paper's importance trick: the model is ``ψ / sqrt(p)``) or
+            ``"psi"`` (the model is ``ψ``; see the module docstring).
     """
 
+    MODEL_OUTPUTS = ("ratio", "psi")
+
     def __init__(self, potential: Callable[[Tensor], Tensor], dim: int, kinetic: float = 1.0, scale: float = 1.0,
-                 shift: float = 0.0, sampler: Sampler | None = None, laplacian: str = "exact", fd_eps: float = 1e-2):
+                 shift: float = 0.0, sampler: Sampler | None = None, laplacian: str = "exact", fd_eps: float = 1e-2,
+                 model_output: str = "ratio"):
         super().__init__()
         if not callable(potential):
             raise TypeError(f"potential must be a callable x (n, d) -> (n,), got {type(potential).__name__}")
@@ -54,6 +64,9 @@ class Schrodinger(Operator):
             raise ValueError(f"shift must be a finite number, got {shift!r}")
         if laplacian not in ("exact", "fd"):
             raise ValueError(f"unknown laplacian method {laplacian!r}; valid: 'exact', 'fd'")
+        if model_output not in self.MODEL_OUTPUTS:
+            raise ValueError(f"unknown model_output {model_output!r}; valid: {', '.join(map(repr, self.MODEL_OUTPUTS))}")
+        self.model_output = model_output
         self.sampler = sampler if sampler is not None else Gaussian(dim, 1.0)
         if self.sampler.dim != dim:
             raise ValueError(f"sampler has dim {self.sampler.dim}, operator has dim {dim}")
@@ -83,9 +96,15 @@ class Schrodinger(Operator):
         fx, (value, grad, lap) = value_and_derivatives(f, x, self.laplacian_method, self.fd_eps)
         check_model_output(fx, x.shape[0])  # fx (n, L) with graph; value (n, L), grad (n, d, L), lap (n, L)
         with torch.no_grad():
+            v = self.potential(x).unsqueeze(-1)  # (n, 1)
+            if self.model_output == "psi":
+                inv_sqrt_p = torch.exp(-0.5 * self.sampler.log_prob(x)).unsqueeze(-1)  # (n, 1)
+                tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap) * inv_sqrt_p
+        if self.model_output == "psi":
+            return fx * inv_sqrt_p, tfx
+        with torch.no_grad():
             _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
             lap_psi = lap + 2 * (du.unsqueeze(-1) * grad).sum(1) + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
-            v = self.potential(x).unsqueeze(-1)  # (n, 1)
             tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap_psi)
         return fx, tfx
 
@@ -98,9 +117,15 @@ class Schrodinger(Operator):
         q = self.quadrature()
         if len(q) > max_points:
             return None
-        return quad.Quadrature(q.points, q.weights * torch.exp(self.sampler.log_prob(q.points)))
+        log_p = self.sampler.log_prob(q.points)
+        # drop points the sampler never reaches (p < e^-150): there 1/sqrt(p) overflows float32 and the
+        # model was never trained; their weight w p underflows anyway
+        keep = log_p > -150.0
+        return quad.Quadrature(q.points[keep], q.weights[keep] * torch.exp(log_p[keep]))
 
     def eigenfunctions_from_model(self, fx: Tensor, x: Tensor) -> Tensor:
+        if self.model_output == "psi":
+            return fx
         return torch.exp(0.5 * self.sampler.log_prob(x)).unsqueeze(-1) * fx
 
     def quadrature(self) -> quad.Quadrature:
@@ -137,11 +162,12 @@ class Hydrogen2D(Schrodinger):
     """
 
     def __init__(self, charge: float = 1.0, scale: float = 100.0, shift: float = 0.0, sampler: Sampler | None = None,
-                 laplacian: str = "exact", fd_eps: float = 1e-2):
+                 laplacian: str = "exact", fd_eps: float = 1e-2, model_output: str = "ratio"):
         if not charge > 0:
             raise ValueError(f"charge must be positive, got {charge!r}")
         self.charge = float(charge)
-        super().__init__(self._coulomb, 2, 1.0, scale, shift, sampler or Gaussian(2, 16.0), laplacian, fd_eps)
+        super().__init__(self._coulomb, 2, 1.0, scale, shift, sampler or Gaussian(2, 16.0), laplacian, fd_eps,
+                         model_output)
 
     def _coulomb(self, x: Tensor) -> Tensor:
         return -self.charge / x.norm(dim=-1)
@@ -201,7 +227,7 @@ class HarmonicOscillator(Schrodinger):
 
     def __init__(self, dim: int = 2, omega: float | Sequence[float] = 1.0, scale: float = 1.0,
                  shift: float | None = None, sampler: Sampler | None = None, laplacian: str = "exact",
-                 fd_eps: float = 1e-2):
+                 fd_eps: float = 1e-2, model_output: str = "ratio"):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         om = [float(omega)] * dim if isinstance(omega, (int, float)) else [float(o) for o in omega]
@@ -210,7 +236,7 @@ class HarmonicOscillator(Schrodinger):
         self.omega = om
         shift = 4 * sum(om) + 8 * max(om) if shift is None else shift
         sampler = sampler or Gaussian(dim, 4.0 / math.sqrt(min(om)))
-        super().__init__(self._quadratic, dim, 1.0, scale, shift, sampler, laplacian, fd_eps)
+        super().__init__(self._quadratic, dim, 1.0, scale, shift, sampler, laplacian, fd_eps, model_output)
         self.register_buffer("_omega2", torch.tensor(om, dtype=torch.float64) ** 2, persistent=False)
 
     def _quadratic(self, x: Tensor) -> Tensor:
