@@ -1,11 +1,16 @@
-"""Hydrogen accuracy at several step budgets: energy errors (mean and per shell), subspace distances, wall time.
+"""Hydrogen accuracy per unit of compute: an ablation of levers at equal steps, with error-vs-step curves.
 
-Each budget is a separate run whose schedule spans that budget (a cosine schedule decays to zero at the
-end of the run), so a row answers "what does a run of N steps give". Configurations come from the
-experiment presets plus ``--set`` overrides, the same as ``neuralsvd run``.
+Each variant is a preset plus ``--set`` overrides (the same keys as ``neuralsvd run``); every (variant,
+seed) trains for ``--steps`` (the cosine schedule spans the run) and is evaluated every ``--eval-every``
+steps on the polar quadrature (energies: Rayleigh quotients integrated on it, as the final read-out;
+subspace distances: against the closed-form states). Prints one table row per run and the mean per
+variant, and saves the curves (mean relative energy error and subspace distance (all) vs step).
 
-    python benchmarks/hydrogen_accuracy.py --budgets 1000 3000 6000 --seeds 0
-    python benchmarks/hydrogen_accuracy.py --preset hydrogen-paper --budgets 6000 --set modes=9 --set model.fourier_features=0
+    python benchmarks/hydrogen_accuracy.py --variants paper,preset,psi,psi-radial,best --steps 4000 --seeds 0 1 \\
+        --plot docs/figures/hydrogen-ablation.png --json runs/hydrogen-ablation.json
+    python benchmarks/hydrogen_accuracy.py --variants best --modes 16 --steps 50000 --seeds 0 --eval-every 5000
+
+``--list`` prints the variants. Extra ``--set KEY=VALUE`` apply to every variant (after its own).
 """
 
 from __future__ import annotations
@@ -15,70 +20,176 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 import neuralsvd as nsvd
 from neuralsvd.experiments import get_problem, make_loss, make_model, make_operator
 from neuralsvd.experiments.run import DTYPES
+from neuralsvd.fit import FitResult, estimate_eigenvalues
 from neuralsvd.metrics import degenerate_blocks
 
 
-def run_once(config) -> dict:
+@dataclass(frozen=True)
+class Variant:
+    preset: str
+    overrides: tuple[str, ...]
+    description: str
+
+
+_PSI = ("operator.model_output=psi", "model.envelope=True", "model.envelope_scale=3.0")
+_EXP = ("operator.sampler_std=None", "operator.sampler_exp_scale=(0.5, 2.0, 5.0)")
+
+#: the levers, each a named configuration (all at the same steps and batch when compared)
+VARIANTS: dict[str, Variant] = {
+    "paper": Variant("hydrogen-paper", ("model.fourier_features=0",),
+                     "the authors' recipe: RMSProp 1e-4, EMA, N(0, 16²), model = ψ/√p"),
+    "preset-ratio": Variant("hydrogen", ("operator.model_output=ratio", "model.envelope=False", "model.radial=False",
+                                         "operator.sampler_std=(1.0, 4.0, 10.0)", "operator.sampler_exp_scale=None"),
+                            "session-1 preset: Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p"),
+    "psi": Variant("hydrogen", (*_PSI, "model.radial=False", "operator.sampler_std=(1.0, 4.0, 10.0)",
+                                "operator.sampler_exp_scale=None"),
+                   "model = ψ with a per-mode envelope e^{-r/s} (Gaussian mixture)"),
+    "psi-radial": Variant("hydrogen", (*_PSI, "model.radial=True", "operator.sampler_std=(1.0, 4.0, 10.0)",
+                                       "operator.sampler_exp_scale=None"),
+                          "model = ψ, envelope, |x| as an input (Gaussian mixture)"),
+    "psi-exp": Variant("hydrogen", (*_PSI, "model.radial=False", *_EXP),
+                       "model = ψ, envelope, radial-exponential mixture a = 0.5, 2, 5"),
+    "psi-radial-exp": Variant("hydrogen", (*_PSI, "model.radial=True", *_EXP),
+                              "model = ψ, envelope, |x| input, radial-exponential mixture a = 0.5, 2, 5"),
+    "best": Variant("hydrogen", (), "the current `hydrogen` preset"),
+}
+
+
+def _shell_errors(rel: torch.Tensor, blocks: list[list[int]]) -> list[float]:
+    return [float(rel[b].mean()) for b in blocks]
+
+
+class Curve:
+    """Callback for :func:`neuralsvd.fit`: quadrature eigenvalues and subspace distance every ``every`` steps."""
+
+    def __init__(self, op, every: int, dtype: torch.dtype):
+        self.op, self.every, self.dtype = op, every, dtype
+        self.rows: list[dict] = []
+
+    def __call__(self, step: int, model) -> None:
+        if step % self.every:
+            return
+        gen = torch.Generator().manual_seed(0)  # unused by a quadrature read-out; keeps training RNG untouched
+        est = estimate_eigenvalues(model, self.op, 1, 1024, gen, self.dtype)
+        result = FitResult(model=model, operator=self.op, eigenvalues=self.op.eigenvalues_from_learned(est.eigenvalues),
+                           learned_eigenvalues=est.eigenvalues, order=est.order, norms=est.norms, history={},
+                           steps=step, wall_seconds=0.0, steps_per_second=float("nan"))
+        self.rows.append({"step": step, **_summary(nsvd.evaluate(result))})
+
+
+def _summary(rep: dict) -> dict:
+    rel = torch.tensor(rep["eigenvalue_relative_error"])
+    return {
+        "mean_rel_error": rep["mean_eigenvalue_relative_error"],
+        "shell_rel_error": _shell_errors(rel, rep["blocks"]),
+        "ground_state_rel_error": float(rel[0]),
+        "subspace_distance_avg": rep["subspace_distance_avg"],
+        "subspace_distance_all": rep["subspace_distance_all"],
+    }
+
+
+def run_once(config, eval_every: int) -> dict:
     op = make_operator(config)
     torch.manual_seed(config.seed)
     model = make_model(config, op.dim)
     t = config.train
+    curve = Curve(op, eval_every, DTYPES[t.dtype])
     t0 = time.perf_counter()
     result = nsvd.fit(model, op, make_loss(config.method, config.modes), steps=t.steps, batch_size=t.batch_size,
                       optimizer=t.optimizer, lr=t.lr, schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay,
-                      seed=config.seed, dtype=DTYPES[t.dtype], progress=False, eval_batches=t.eval_batches)
+                      seed=config.seed, dtype=DTYPES[t.dtype], progress=False, eval_batches=t.eval_batches,
+                      readout=t.readout, log_every=min(t.log_every, eval_every), callback=curve)
     wall = time.perf_counter() - t0
-    rep = nsvd.evaluate(result)
-    blocks = degenerate_blocks(torch.tensor(rep["exact_eigenvalues"]))
-    rel = rep["eigenvalue_relative_error"]
-    return {
-        "steps": t.steps, "seed": config.seed, "wall_seconds": wall,
-        "mean_rel_error": rep["mean_eigenvalue_relative_error"],
-        "shell_rel_error": [sum(rel[i] for i in b) / len(b) for b in blocks],
-        "ground_state_rel_error": rel[0],
-        "subspace_distance_avg": rep["subspace_distance_avg"],
-        "subspace_distance_all": rep["subspace_distance_all"],
-        "angle_distance": rep["angle_distance"],
-    }
+    final = _summary(nsvd.evaluate(result))
+    return {"steps": t.steps, "seed": config.seed, "wall_seconds": wall,
+            "train_seconds": result.wall_seconds, **final, "curve": curve.rows}
+
+
+def plot(runs: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys(r["variant"] for r in runs))
+    for i, name in enumerate(names):
+        for j, r in enumerate(x for x in runs if x["variant"] == name):
+            steps = [c["step"] for c in r["curve"]]
+            for ax, key in zip(axes, ("mean_rel_error", "subspace_distance_all")):
+                ax.plot(steps, [c[key] for c in r["curve"]], color=colors[i % len(colors)], marker="o", ms=3,
+                        alpha=0.85, label=name if j == 0 else None)
+    for ax, title in zip(axes, ("mean relative energy error", "subspace distance (all modes)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="hydrogen")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 6000])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--variants", default="preset-ratio,best", help="comma-separated names (see --list)")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--modes", type=int, default=None, help="default: the preset's (9 for hydrogen)")
+    parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--plot", default=None, help="save the error-vs-step curves to this PNG")
+    parser.add_argument("--json", default=None, help="also write all rows and curves to this JSON file")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
     args = parser.parse_args(argv)
+    if args.list:
+        for name, v in VARIANTS.items():
+            print(f"{name:16s} {v.description}\n{'':16s} preset {v.preset} " + " ".join(v.overrides))
+        return 0
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print("command: python benchmarks/hydrogen_accuracy.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    base = get_problem(args.preset).default_config().with_overrides(args.overrides)
-    rows = []
-    header = f"{'steps':>7} {'seed':>4} {'wall s':>7} {'mean rel':>9} {'E0 rel':>9} {'per-shell rel':>30} {'sub avg':>9} {'sub all':>9}"
-    print(f"preset {args.preset}, modes {base.modes}, batch {base.train.batch_size}, {base.train.optimizer} "
-          f"lr {base.train.lr}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} steps per run")
+    header = (f"{'variant':16s} {'seed':>4} {'train s':>7} {'mean rel':>9} {'E0 rel':>9} {'per-shell rel':>32} "
+              f"{'sub avg':>9} {'sub all':>9}")
     print(header)
-    for steps in args.budgets:
+    runs = []
+    for name in names:
+        v = VARIANTS[name]
+        common = [f"train.steps={args.steps}", *([f"modes={args.modes}"] if args.modes else [])]
+        base = get_problem(v.preset).default_config().with_overrides([*v.overrides, *args.overrides, *common])
+        rows = []
         for seed in args.seeds:
-            cfg = base.with_overrides([f"train.steps={steps}", f"seed={seed}"])
-            row = run_once(cfg)
+            row = {"variant": name, **run_once(base.with_overrides([f"seed={seed}"]), args.eval_every)}
             rows.append(row)
             shells = " ".join(f"{e:.1e}" for e in row["shell_rel_error"])
-            print(f"{steps:>7} {seed:>4} {row['wall_seconds']:>7.0f} {row['mean_rel_error']:>9.2e} "
-                  f"{row['ground_state_rel_error']:>9.2e} {shells:>30} {row['subspace_distance_avg']:>9.2e} "
+            print(f"{name:16s} {seed:>4} {row['train_seconds']:>7.0f} {row['mean_rel_error']:>9.2e} "
+                  f"{row['ground_state_rel_error']:>9.2e} {shells:>32} {row['subspace_distance_avg']:>9.2e} "
                   f"{row['subspace_distance_all']:>9.2e}", flush=True)
+        if len(rows) > 1:
+            mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("mean_rel_error", "ground_state_rel_error",
+                                                                    "subspace_distance_avg", "subspace_distance_all")}
+            shells = " ".join(f"{sum(s) / len(s):.1e}" for s in zip(*(r["shell_rel_error"] for r in rows)))
+            print(f"{name:16s} {'mean':>4} {'':>7} {mean['mean_rel_error']:>9.2e} {mean['ground_state_rel_error']:>9.2e} "
+                  f"{shells:>32} {mean['subspace_distance_avg']:>9.2e} {mean['subspace_distance_all']:>9.2e}", flush=True)
+        runs += rows
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"curves: {args.plot}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"preset": args.preset, "overrides": args.overrides, "rows": rows}, fh, indent=2)
+            json.dump({"argv": argv or sys.argv[1:], "runs": runs}, fh, indent=2)
     return 0
 
 

@@ -1,0 +1,43 @@
+"""The hydrogen ablation benchmark runs end to end (tiny budget) and its curves agree with the final read-out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hydrogen_ablation_smoke(tmp_path, capsys):
+    bench = _load("hydrogen_accuracy")
+    out = tmp_path / "ablation.json"
+    assert bench.main(["--variants", "preset-ratio,psi-radial-exp", "--steps", "20", "--seeds", "0", "--modes", "2",
+                       "--eval-every", "10", "--set", "model.hidden=(16, 16)", "--plot", str(tmp_path / "c.png"),
+                       "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python benchmarks/hydrogen_accuracy.py" in printed and "psi-radial-exp" in printed
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["variant"] for r in runs] == ["preset-ratio", "psi-radial-exp"]
+    for r in runs:
+        assert [c["step"] for c in r["curve"]] == [10, 20]
+        # the last curve point is the returned model on the same quadrature read-out
+        assert r["curve"][-1]["mean_rel_error"] == pytest.approx(r["mean_rel_error"], rel=1e-6)
+        assert r["curve"][-1]["subspace_distance_all"] == pytest.approx(r["subspace_distance_all"], rel=1e-6)
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_hydrogen_ablation_rejects_unknown_variant():
+    with pytest.raises(SystemExit):
+        _load("hydrogen_accuracy").main(["--variants", "nope"])
