@@ -92,6 +92,29 @@ def test_overrides_coerce_types_and_resolve_bare_keys():
         cfg.with_overrides(["lr=fast"])
 
 
+def test_envelope_scale_overrides_and_spread_prior():
+    from neuralsvd.experiments import make_model, make_operator
+    from neuralsvd.experiments.presets import spread_envelope_scales
+    from neuralsvd.sampling import Mixture, RadialExponential
+
+    cfg = get_problem("hydrogen").default_config().with_overrides(["modes=16"])
+    assert cfg.model.envelope_scale == "spread"
+    scales = make_model(cfg, 2).log_envelope_scale.exp().detach()
+    torch.testing.assert_close(scales, torch.tensor(spread_envelope_scales(16)))
+    assert scales[0].item() == pytest.approx(1.2) and scales[4].item() == pytest.approx(6.0)  # 1.2 (1 + 2 sqrt(l))
+    assert bool((scales[1:] > scales[:-1]).all())
+    assert cfg.with_overrides(["model.envelope_scale=3"]).model.envelope_scale == 3.0
+    assert cfg.with_overrides(["model.envelope_scale=(2, 3)"]).model.envelope_scale == (2.0, 3.0)
+    with pytest.raises(ConfigError, match="expects a number"):
+        cfg.with_overrides(["model.envelope_scale=wide"])
+    sampler = make_operator(cfg).sampler
+    assert isinstance(sampler, Mixture) and all(isinstance(c, RadialExponential) for c in sampler.components)
+    mixed = make_operator(cfg.with_overrides(["operator.sampler_std=(1.0, 4.0)"])).sampler
+    assert [type(c).__name__ for c in mixed.components] == ["Gaussian", "Gaussian"] + ["RadialExponential"] * 3
+    with pytest.raises(ConfigError, match="needs a sampler"):
+        make_operator(cfg.with_overrides(["operator.sampler_exp_scale=None"]))
+
+
 @pytest.mark.parametrize("problem,overrides,field", [
     ("cycle-graph", ["train.steps=5"], "subspace_distance_all"),
     ("digits-views", ["train.steps=5", "model.hidden=(16,)"], "cca_precision_at_10"),

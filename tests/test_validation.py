@@ -222,10 +222,15 @@ def test_bad_model_arguments(cls, kwargs, match):
         cls(**args)
 
 
-@pytest.mark.parametrize("scale", [0.0, -1.0])
+@pytest.mark.parametrize("scale", [0.0, -1.0, (1.0, 0.0), (1.0, 2.0, 3.0)])
 def test_bad_envelope_scale(scale):
     with pytest.raises(ValueError, match="envelope_scale"):
         ParallelMLP(2, 2, envelope=True, envelope_scale=scale)
+
+
+def test_per_mode_envelope_scales():
+    model = ParallelMLP(2, 3, hidden=(4,), envelope=True, envelope_scale=(1.0, 2.0, 5.0))
+    torch.testing.assert_close(model.log_envelope_scale.exp().detach(), torch.tensor([1.0, 2.0, 5.0]))
 
 
 def test_non_integer_fourier_features():

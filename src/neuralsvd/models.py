@@ -83,7 +83,7 @@ class _BatchedMLP(nn.Module):
         fourier_features: int = 0,
         fourier_scale: float = 1.0,
         envelope: bool = False,
-        envelope_scale: float = 10.0,
+        envelope_scale: float | Sequence[float] = 10.0,
         box: float | None = None,
         radial: bool = False,
     ):
@@ -99,10 +99,13 @@ class _BatchedMLP(nn.Module):
             raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
         if isinstance(fourier_features, bool) or not isinstance(fourier_features, int) or fourier_features < 0:
             raise ValueError(f"fourier_features must be an integer >= 0, got {fourier_features!r}")
-        for name, value, on in (("fourier_scale", fourier_scale, fourier_features > 0),
-                                ("envelope_scale", envelope_scale, envelope)):
-            if on and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        scales = list(envelope_scale) if isinstance(envelope_scale, (tuple, list)) else [envelope_scale] * num_modes
+        if envelope and len(scales) != num_modes:
+            raise ValueError(f"envelope_scale must be one number or {num_modes} (one per mode), got {envelope_scale!r}")
+        for name, values, on in (("fourier_scale", [fourier_scale], fourier_features > 0),
+                                 ("envelope_scale", scales, envelope)):
+            if on and not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be a positive finite number, got {values if len(values) > 1 else values[0]!r}")
         if box is not None and not box > 0:
             raise ValueError(f"box must be a positive half-width or None, got {box!r}")
         self.in_features, self.groups, self.out_features = in_features, groups, out_features
@@ -128,7 +131,7 @@ class _BatchedMLP(nn.Module):
         self.out_weight = nn.Parameter(torch.randn(groups, hidden[-1], out_features) * math.sqrt(2.0 / hidden[-1]))
         self.out_bias = nn.Parameter(torch.zeros(groups, 1, out_features))
         self.log_envelope_scale = (
-            nn.Parameter(torch.full((groups * out_features,), math.log(envelope_scale))) if envelope else None
+            nn.Parameter(torch.tensor(scales, dtype=torch.get_default_dtype()).log()) if envelope else None
         )
 
     @property
@@ -281,7 +284,8 @@ class ParallelMLP(_BatchedMLP):
         activation: one of :data:`ACTIVATIONS` (the paper: ``"softplus"``).
         fourier_features: number of shared random frequencies (0 = raw inputs); features are
             ``[cos 2π xB, sin 2π xB]`` with ``B ~ N(0, fourier_scale²)``.
-        envelope: multiply mode ``l`` by ``exp(-|x| / s_l)`` with learnable ``s_l`` (init ``envelope_scale``).
+        envelope: multiply mode ``l`` by ``exp(-|x| / s_l)`` with learnable ``s_l`` (init ``envelope_scale``:
+            one number, or one per mode).
         box: half-width ``D`` of the SpIN box factor, or ``None``.
         radial: append ``|x|`` to the inputs (after Fourier features, if any): functions with a cusp
             at the origin, such as hydrogen states ``∝ e^{-r/(n+½)}``, become representable exactly.

@@ -24,7 +24,7 @@ class ModelConfig:
     fourier_features: int = 0
     fourier_scale: float = 1.0
     envelope: bool = False
-    envelope_scale: float = 10.0
+    envelope_scale: Any = 10.0  # one number, one per mode, or "spread" (presets.spread_envelope_scales)
     box: Any = None
     radial: bool = False
 
@@ -125,6 +125,12 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     """Match ``value`` to the type of the field's current value (ints may become floats, lists tuples)."""
     if current is None or value is None:
         return value
+    if key.endswith("envelope_scale"):  # a number, one per mode, or "spread"
+        if value == "spread":
+            return value
+        if isinstance(value, (tuple, list)):
+            return tuple(_coerce(f"{key} entries", 1.0, v) for v in value)
+        return _coerce(f"{key} (a number)", 1.0, value)
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} expects True or False, got {value!r}")
