@@ -6,7 +6,7 @@ steps on the polar quadrature (energies: Rayleigh quotients integrated on it, as
 subspace distances: against the closed-form states). Prints one table row per run and the mean per
 variant, and saves the curves (mean relative energy error and subspace distance (all) vs step).
 
-    python benchmarks/hydrogen_accuracy.py --variants paper,preset,psi,psi-radial,best --steps 4000 --seeds 0 1 \\
+    python benchmarks/hydrogen_accuracy.py --variants paper,ratio-gauss,ratio-gauss-radial,psi-gauss,best --steps 6000 \\
         --plot docs/figures/hydrogen-ablation.png --json runs/hydrogen-ablation.json
     python benchmarks/hydrogen_accuracy.py --variants best --modes 16 --steps 50000 --seeds 0 --eval-every 5000
 
@@ -38,27 +38,25 @@ class Variant:
     description: str
 
 
-_PSI = ("operator.model_output=psi", "model.envelope=True", "model.envelope_scale=3.0")
-_EXP = ("operator.sampler_std=None", "operator.sampler_exp_scale=(0.5, 2.0, 5.0)")
+_GAUSS = ("operator.sampler_std=(1.0, 4.0, 10.0)", "operator.sampler_exp_scale=None")
+_RATIO = ("operator.model_output=ratio", "model.envelope=False")
 
-#: the levers, each a named configuration (all at the same steps and batch when compared)
+#: the levers, each a named configuration relative to a preset (compared at the same steps and batch)
 VARIANTS: dict[str, Variant] = {
     "paper": Variant("hydrogen-paper", ("model.fourier_features=0",),
-                     "the authors' recipe: RMSProp 1e-4, EMA, N(0, 16²), model = ψ/√p"),
-    "preset-ratio": Variant("hydrogen", ("operator.model_output=ratio", "model.envelope=False", "model.radial=False",
-                                         "operator.sampler_std=(1.0, 4.0, 10.0)", "operator.sampler_exp_scale=None"),
-                            "session-1 preset: Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p"),
-    "psi": Variant("hydrogen", (*_PSI, "model.radial=False", "operator.sampler_std=(1.0, 4.0, 10.0)",
-                                "operator.sampler_exp_scale=None"),
-                   "model = ψ with a per-mode envelope e^{-r/s} (Gaussian mixture)"),
-    "psi-radial": Variant("hydrogen", (*_PSI, "model.radial=True", "operator.sampler_std=(1.0, 4.0, 10.0)",
-                                       "operator.sampler_exp_scale=None"),
-                          "model = ψ, envelope, |x| as an input (Gaussian mixture)"),
-    "psi-exp": Variant("hydrogen", (*_PSI, "model.radial=False", *_EXP),
-                       "model = ψ, envelope, radial-exponential mixture a = 0.5, 2, 5"),
-    "psi-radial-exp": Variant("hydrogen", (*_PSI, "model.radial=True", *_EXP),
-                              "model = ψ, envelope, |x| input, radial-exponential mixture a = 0.5, 2, 5"),
-    "best": Variant("hydrogen", (), "the current `hydrogen` preset"),
+                     "the authors' recipe: RMSProp 1e-4, EMA 0.995, N(0, 16²), model = ψ/√p"),
+    "ratio-gauss": Variant("hydrogen", (*_RATIO, "model.radial=False", *_GAUSS),
+                           "Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p (the session-1 preset)"),
+    "ratio-gauss-radial": Variant("hydrogen", (*_RATIO, *_GAUSS),
+                                  "same + |x| as an input"),
+    "psi-gauss": Variant("hydrogen", _GAUSS,
+                         "model = ψ, |x| input, spread envelopes; Gaussian mixture σ = 1, 4, 10"),
+    "psi-exp-noradial": Variant("hydrogen", ("model.radial=False",),
+                                "model = ψ, spread envelopes, exponential mixture; no |x| input"),
+    "psi-exp-env3": Variant("hydrogen", ("model.envelope_scale=3.0",),
+                            "model = ψ, |x| input, exponential mixture; all envelopes start at s = 3"),
+    "best": Variant("hydrogen", (), "the `hydrogen` preset: model = ψ, |x| input, spread envelopes "
+                                    "s_l = 1.2 (1 + 2 √l), radial-exponential mixture a = 0.5, 2, 8"),
 }
 
 
@@ -138,7 +136,7 @@ def plot(runs: list[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="preset-ratio,best", help="comma-separated names (see --list)")
+    parser.add_argument("--variants", default="ratio-gauss,best", help="comma-separated names (see --list)")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--modes", type=int, default=None, help="default: the preset's (9 for hydrogen)")
@@ -151,7 +149,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for name, v in VARIANTS.items():
-            print(f"{name:16s} {v.description}\n{'':16s} preset {v.preset} " + " ".join(v.overrides))
+            print(f"{name:20s} {v.description}\n{'':20s} preset {v.preset} " + " ".join(v.overrides))
         return 0
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -161,7 +159,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print("command: python benchmarks/hydrogen_accuracy.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} steps per run")
-    header = (f"{'variant':16s} {'seed':>4} {'train s':>7} {'mean rel':>9} {'E0 rel':>9} {'per-shell rel':>32} "
+    header = (f"{'variant':20s} {'seed':>4} {'train s':>7} {'mean rel':>9} {'E0 rel':>9} {'per-shell rel':>32} "
               f"{'sub avg':>9} {'sub all':>9}")
     print(header)
     runs = []
@@ -174,14 +172,14 @@ def main(argv=None) -> int:
             row = {"variant": name, **run_once(base.with_overrides([f"seed={seed}"]), args.eval_every)}
             rows.append(row)
             shells = " ".join(f"{e:.1e}" for e in row["shell_rel_error"])
-            print(f"{name:16s} {seed:>4} {row['train_seconds']:>7.0f} {row['mean_rel_error']:>9.2e} "
+            print(f"{name:20s} {seed:>4} {row['train_seconds']:>7.0f} {row['mean_rel_error']:>9.2e} "
                   f"{row['ground_state_rel_error']:>9.2e} {shells:>32} {row['subspace_distance_avg']:>9.2e} "
                   f"{row['subspace_distance_all']:>9.2e}", flush=True)
         if len(rows) > 1:
             mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("mean_rel_error", "ground_state_rel_error",
                                                                     "subspace_distance_avg", "subspace_distance_all")}
             shells = " ".join(f"{sum(s) / len(s):.1e}" for s in zip(*(r["shell_rel_error"] for r in rows)))
-            print(f"{name:16s} {'mean':>4} {'':>7} {mean['mean_rel_error']:>9.2e} {mean['ground_state_rel_error']:>9.2e} "
+            print(f"{name:20s} {'mean':>4} {'':>7} {mean['mean_rel_error']:>9.2e} {mean['ground_state_rel_error']:>9.2e} "
                   f"{shells:>32} {mean['subspace_distance_avg']:>9.2e} {mean['subspace_distance_all']:>9.2e}", flush=True)
         runs += rows
     if args.plot:

@@ -23,13 +23,13 @@ def _load(name: str):
 def test_hydrogen_ablation_smoke(tmp_path, capsys):
     bench = _load("hydrogen_accuracy")
     out = tmp_path / "ablation.json"
-    assert bench.main(["--variants", "preset-ratio,psi-radial-exp", "--steps", "20", "--seeds", "0", "--modes", "2",
+    assert bench.main(["--variants", "ratio-gauss,best", "--steps", "20", "--seeds", "0", "--modes", "2",
                        "--eval-every", "10", "--set", "model.hidden=(16, 16)", "--plot", str(tmp_path / "c.png"),
                        "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "command: python benchmarks/hydrogen_accuracy.py" in printed and "psi-radial-exp" in printed
+    assert "command: python benchmarks/hydrogen_accuracy.py" in printed and "best" in printed
     runs = json.loads(out.read_text())["runs"]
-    assert [r["variant"] for r in runs] == ["preset-ratio", "psi-radial-exp"]
+    assert [r["variant"] for r in runs] == ["ratio-gauss", "best"]
     for r in runs:
         assert [c["step"] for c in r["curve"]] == [10, 20]
         # the last curve point is the returned model on the same quadrature read-out
