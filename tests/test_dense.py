@@ -193,3 +193,24 @@ def test_ritz_readout_undoes_mixing_in_the_learned_span():
     learned = ritz.eigenfunctions(torch.arange(10)) / math.sqrt(10)  # (10, 3), unit vectors
     cos = (learned * torch.tensor(q[:, :3])).sum(0).abs()
     torch.testing.assert_close(cos, torch.ones(3, dtype=torch.float64), rtol=1e-10, atol=1e-10)
+
+
+def test_norm_ratio_is_one_at_convergence_and_flags_unconverged_modes(recwarn):
+    """‖f_l‖²/λ_l is 1 at the NestedLoRA optimum (no warning); a mode far from it is named in a warning."""
+    gen = np.random.default_rng(3)
+    q, _ = np.linalg.qr(gen.normal(size=(12, 12)))
+    a = torch.tensor((q * np.concatenate([[3.0, 2.0], gen.uniform(-0.5, 0.5, size=10)])) @ q.T)
+    op = nsvd.operators.DenseOperator(a)
+    torch.manual_seed(0)
+    res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), op, nsvd.NestedLoRA(2, unbiased=False), steps=2000,
+                   batch_size=12, lr=3e-2, progress=False)
+    np.testing.assert_allclose(res.extras["norm_ratio"], [1.0, 1.0], rtol=1e-6)
+    assert not [w for w in recwarn if "unconverged" in str(w.message)]
+    model = nsvd.models.Tabular(12, 2).double()
+    with torch.no_grad():  # mode 1 is the right direction at 1/10 of its optimal norm: ratio 0.01
+        model.table.copy_(torch.tensor(q[:, :2] * np.sqrt([3.0, 0.02]) * math.sqrt(12)))
+    with pytest.warns(RuntimeWarning, match=r"modes 1 \(0\.01\) look unconverged"):
+        low = nsvd.fit(model, op, nsvd.NestedLoRA(2), steps=0, batch_size=12, progress=False)
+    np.testing.assert_allclose(low.extras["norm_ratio"], [1.0, 0.01], rtol=1e-10)
+    ritz = nsvd.fit(model, op, nsvd.NestedLoRA(2), steps=0, batch_size=12, progress=False, readout="ritz")
+    assert ritz.extras["norm_ratio"] is None

@@ -272,6 +272,29 @@ def _readout_evd(a: Tensor, b: Tensor, readout: str) -> Readout:
     return Readout(values.flip(0), ident, torch.ones_like(values), mixing=mixing)
 
 
+#: squared norm / eigenvalue outside this range flags a NestedLoRA mode as unconverged
+NORM_RATIO_RANGE = (0.5, 2.0)
+
+
+def _norm_ratio(loss: SpectralLoss, est: Readout, svd: bool, readout: str) -> Tensor | None:
+    """``‖f_l‖² / λ_l`` per mode (SVD: ``‖f_l‖‖g_l‖ / σ_l``), 1 at the NestedLoRA optimum; warns about modes
+    outside :data:`NORM_RATIO_RANGE`. None where it means nothing (other losses, the Ritz read-out)."""
+    if not loss.norms_are_eigenvalues or readout != "rayleigh":
+        return None
+    learned = est.norms * est.right_norms if svd else est.norms**2
+    ratio = (learned / est.eigenvalues).cpu()
+    lo, hi = NORM_RATIO_RANGE
+    bad = [(i, r) for i, r in enumerate(ratio.tolist()) if not lo <= r <= hi]
+    if bad:
+        listed = ", ".join(f"{i} ({r:.3g})" for i, r in bad)
+        warnings.warn(
+            f"modes {listed} look unconverged: squared norm / eigenvalue far from 1 (its value at the NestedLoRA "
+            "optimum), so their eigenvalue estimates are unreliable; a low ratio is typical of a mode stuck near "
+            "f = 0 or absorbing the residual of earlier modes. Train longer, or see docs/hydrogen-study.md",
+            RuntimeWarning, stacklevel=3)
+    return ratio
+
+
 @contextlib.contextmanager
 def _flush_denormals() -> Iterator[None]:
     """Flush denormal floats to zero (they make e.g. softplus of very negative inputs several times
@@ -557,6 +580,7 @@ def fit(
     if not bool(torch.isfinite(est.eigenvalues).all()):
         raise DivergenceError(f"non-finite final eigenvalue estimates {est.eigenvalues.tolist()}")
     order = est.order
+    norm_ratio = _norm_ratio(loss, est, svd, readout)
     history = {
         "step": torch.arange(1, steps + 1),
         "loss": run.hist_loss.cpu(),
@@ -572,5 +596,6 @@ def fit(
         mixing=None if est.mixing is None else est.mixing.cpu(),
         history=history, steps=steps, wall_seconds=wall,
         steps_per_second=ran / wall if wall > 0 and ran > 0 else float("nan"),
-        extras={"rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start},
+        extras={"rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start,
+                "norm_ratio": None if norm_ratio is None else norm_ratio.tolist()},
     )

@@ -113,6 +113,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
         **header, "wall_seconds": result.wall_seconds,
         "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
         "status": "ok", "readout": t.readout, "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
+        "norm_ratio": result.extras.get("norm_ratio"),
         **report,
     }
     _write_json(out_dir / "metrics.json", metrics)

@@ -43,6 +43,9 @@ class SpectralLoss(nn.Module):
     """
 
     num_modes: int
+    #: whether at the optimum mode ``l``'s squared norm ``‖f_l‖²`` (SVD: ``‖f_l‖ ‖g_l‖``) equals its
+    #: eigenvalue (NestedLoRA); :func:`~neuralsvd.fit` then flags modes far from it as unconverged
+    norms_are_eigenvalues: bool = False
 
     def __init__(self, num_modes: int):
         super().__init__()

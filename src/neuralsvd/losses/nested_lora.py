@@ -85,6 +85,8 @@ class NestedLoRA(SpectralLoss):
     ``norm_eigenvalues`` the norm estimator ``‖f‖²`` (SVD: ``‖f‖‖g‖``), both of the learned ``T``.
     """
 
+    norms_are_eigenvalues = True
+
     def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
                  unbiased: bool = True):
         super().__init__(num_modes)
