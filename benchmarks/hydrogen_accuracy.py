@@ -28,7 +28,6 @@ import neuralsvd as nsvd
 from neuralsvd.experiments import get_problem, make_loss, make_model, make_operator
 from neuralsvd.experiments.run import DTYPES
 from neuralsvd.fit import FitResult, estimate_eigenvalues
-from neuralsvd.metrics import degenerate_blocks
 
 
 @dataclass(frozen=True)
