@@ -23,7 +23,12 @@ def test_oscillator_preset_converges(seed, tmp_path):
     assert metrics["subspace_distance_avg"] <= 5e-2
 
 
-def test_hydrogen_demo_ground_state(tmp_path):
-    """The default `neuralsvd run hydrogen` demo: ground-state energy within 2%."""
+def test_hydrogen_demo_meets_the_nine_mode_goal(tmp_path):
+    """The default `neuralsvd run hydrogen` demo (9 modes, issue 6's goal): mean relative energy error
+    ≤ 1e-2 (about 13 minutes on one core), the ground state to 1e-5, subspace distance (all) ≤ 1e-2, and
+    every mode converged in the NestedLoRA sense (‖f‖²/λ within [0.5, 2])."""
     metrics = run(get_problem("hydrogen").default_config(), tmp_path, progress=False, echo=lambda s: None)
-    assert metrics["eigenvalue_relative_error"][0] <= 2e-2
+    assert metrics["mean_eigenvalue_relative_error"] <= 1e-2
+    assert metrics["eigenvalue_relative_error"][0] <= 1e-5
+    assert metrics["subspace_distance_all"] <= 1e-2
+    assert all(0.5 <= r <= 2.0 for r in metrics["norm_ratio"])

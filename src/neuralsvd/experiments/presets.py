@@ -93,7 +93,8 @@ def _hydrogen() -> ExperimentConfig:
     cusp at the nucleus) and a per-mode envelope ``e^{-r/s_l}`` initialized by
     :func:`spread_envelope_scales` (``envelope_scale="spread"``); samples from an equal mixture of radial exponentials ``∝ e^{-r/a}``,
     ``a = 0.5, 2, 8`` (heavy tails for the outer shells, a third of the batch near the nucleus); Adam 1e-3
-    without EMA.
+    without EMA. Measured (quadrature read-out, seeds 0/1): mean relative energy error 3.7e-4 / 9.7e-4,
+    subspace distance (all) 7.9e-4 / 7.8e-4, about 13 minutes on one CPU core.
     """
     return ExperimentConfig(
         problem="hydrogen", modes=9,
@@ -101,7 +102,7 @@ def _hydrogen() -> ExperimentConfig:
                       laplacian="exact", sampler_exp_scale=(0.5, 2.0, 8.0), model_output="psi"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
-        train=TrainConfig(steps=30_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None),
+        train=TrainConfig(steps=50_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None),
     )
 
 
