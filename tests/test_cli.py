@@ -105,8 +105,10 @@ def test_envelope_scale_overrides_and_spread_prior():
     assert bool((scales[1:] > scales[:-1]).all())
     assert cfg.with_overrides(["model.envelope_scale=3"]).model.envelope_scale == 3.0
     assert cfg.with_overrides(["model.envelope_scale=(2, 3)"]).model.envelope_scale == (2.0, 3.0)
-    with pytest.raises(ConfigError, match="expects a number"):
-        cfg.with_overrides(["model.envelope_scale=wide"])
+    with pytest.raises(ValueError, match="envelope_scale must be one or one per mode, a positive finite number, got 'wide'"):
+        make_model(cfg.with_overrides(["model.envelope_scale=wide"]), 2)
+    with pytest.raises(ValueError, match="envelope_scale must be one number or 16"):
+        make_model(cfg.with_overrides(["model.envelope_scale=(2, 3)"]), 2)
     sampler = make_operator(cfg).sampler
     assert isinstance(sampler, Mixture) and all(isinstance(c, RadialExponential) for c in sampler.components)
     mixed = make_operator(cfg.with_overrides(["operator.sampler_std=(1.0, 4.0)"])).sampler

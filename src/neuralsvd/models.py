@@ -102,10 +102,10 @@ class _BatchedMLP(nn.Module):
         scales = list(envelope_scale) if isinstance(envelope_scale, (tuple, list)) else [envelope_scale] * num_modes
         if envelope and len(scales) != num_modes:
             raise ValueError(f"envelope_scale must be one number or {num_modes} (one per mode), got {envelope_scale!r}")
-        for name, values, on in (("fourier_scale", [fourier_scale], fourier_features > 0),
-                                 ("envelope_scale", scales, envelope)):
+        for what, given, values, on in (("fourier_scale must be", fourier_scale, [fourier_scale], fourier_features > 0),
+                                        ("envelope_scale must be one or one per mode,", envelope_scale, scales, envelope)):
             if on and not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in values):
-                raise ValueError(f"{name} must be a positive finite number, got {values if len(values) > 1 else values[0]!r}")
+                raise ValueError(f"{what} a positive finite number, got {given!r}")
         if box is not None and not box > 0:
             raise ValueError(f"box must be a positive half-width or None, got {box!r}")
         self.in_features, self.groups, self.out_features = in_features, groups, out_features

@@ -87,7 +87,9 @@ class ExperimentConfig:
                 cfg.operator[name] = value
                 continue
             target = cfg if section is None else getattr(cfg, section)
-            setattr(target, name, _coerce(f"{key}", getattr(target, name), value))
+            if _annotation(target, name) != "Any":  # fields typed Any take any literal (checked where used)
+                value = _coerce(f"{key}", getattr(target, name), value)
+            setattr(target, name, value)
         return cfg
 
     @staticmethod
@@ -114,6 +116,11 @@ class ExperimentConfig:
         raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
 
 
+def _annotation(obj: Any, name: str) -> str:
+    """The declared type of dataclass field ``name`` as written (annotations are strings here)."""
+    return str(next(f.type for f in dataclasses.fields(obj) if f.name == name))
+
+
 def _parse(raw: str) -> Any:
     try:
         return ast.literal_eval(raw)
@@ -125,12 +132,6 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     """Match ``value`` to the type of the field's current value (ints may become floats, lists tuples)."""
     if current is None or value is None:
         return value
-    if key.endswith("envelope_scale"):  # a number, one per mode, or "spread"
-        if value == "spread":
-            return value
-        if isinstance(value, (tuple, list)):
-            return tuple(_coerce(f"{key} entries", 1.0, v) for v in value)
-        return _coerce(f"{key} (a number)", 1.0, value)
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key} expects True or False, got {value!r}")

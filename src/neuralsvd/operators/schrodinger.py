@@ -97,16 +97,17 @@ class Schrodinger(Operator):
         check_model_output(fx, x.shape[0])  # fx (n, L) with graph; value (n, L), grad (n, d, L), lap (n, L)
         with torch.no_grad():
             v = self.potential(x).unsqueeze(-1)  # (n, 1)
-            if self.model_output == "psi":
-                inv_sqrt_p = torch.exp(-0.5 * self.sampler.log_prob(x)).unsqueeze(-1)  # (n, 1)
-                tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap) * inv_sqrt_p
-        if self.model_output == "psi":
-            return fx * inv_sqrt_p, tfx
-        with torch.no_grad():
-            _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
-            lap_psi = lap + 2 * (du.unsqueeze(-1) * grad).sum(1) + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
+            if self.model_output == "psi":  # the model is ψ: divide f and Tψ by sqrt(p)
+                weight = torch.exp(-0.5 * self.sampler.log_prob(x)).unsqueeze(-1)  # (n, 1)
+                lap_psi = lap
+            else:  # the model is ψ/sqrt(p): Δψ/sqrt(p) from the derivatives of u = ½ log p
+                weight = None
+                _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
+                lap_psi = lap + 2 * (du.unsqueeze(-1) * grad).sum(1) + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
             tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap_psi)
-        return fx, tfx
+        if weight is None:
+            return fx, tfx
+        return fx * weight, tfx * weight
 
     def eigenvalues_from_learned(self, eigenvalues: Tensor) -> Tensor:
         return self.shift - eigenvalues / self.scale
