@@ -513,6 +513,7 @@ def fit(
     loss.to(device)
     torch.manual_seed(seed)
     loss.attach(modules if svd else modules[0])
+    loss.prepare(operator)
     run = _Training(modules, svd, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay, seed, device,
                     dtype, batch_size)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None

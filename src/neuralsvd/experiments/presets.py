@@ -135,14 +135,22 @@ PROBLEMS: dict[str, Problem] = {
 }
 
 METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
-    "neuralsvd-seq": ("NestedLoRA with sequential nesting (the paper's best)",
+    "neuralsvd-seq": ("NestedLoRA, sequential nesting, control-variate moments where unbiased (the default)",
                       lambda L: NestedLoRA(L, nesting="sequential")),
-    "neuralsvd-joint": ("NestedLoRA with joint nesting, uniform weights",
+    "neuralsvd-joint": ("NestedLoRA, joint nesting (uniform weights), control-variate moments where unbiased",
                         lambda L: NestedLoRA(L, nesting="joint")),
+    "neuralsvd-seq-paper": ("NestedLoRA, sequential nesting, the paper's plain half-batch moments",
+                            lambda L: NestedLoRA(L, nesting="sequential", control_variate=False)),
+    "neuralsvd-joint-paper": ("NestedLoRA, joint nesting, the paper's plain half-batch moments",
+                              lambda L: NestedLoRA(L, nesting="joint", control_variate=False)),
+    "neuralsvd-seq-scaled": ("NestedLoRA, sequential nesting, profiled per-mode scales with tangent shape updates",
+                             lambda L: NestedLoRA(L, nesting="sequential", scales="profiled")),
     "spin": ("SpIN baseline (Pfau et al. 2019): whitened trace, masked gradient, moving averages (decay 0.01)",
              lambda L: SpIN(L, decay=0.01)),
     "neuralef": ("NeuralEF baseline (Deng et al. 2022): batch-normalized outputs, asymmetric deflation",
                  lambda L: NeuralEF(L)),
+    "neuralef-unbiased": ("NeuralEF, μ-EigenGame variant (the NeuralSVD paper's baseline): half-batch overlaps",
+                          lambda L: NeuralEF(L, unbiased=True)),
 }
 
 

@@ -75,6 +75,10 @@ class SpectralLoss(nn.Module):
         whose update needs more than ``f(x)`` and ``(Tf)(x)`` (e.g. per-parameter Jacobian averages).
         Default: nothing. State a loss keeps across steps must live in buffers (it is checkpointed)."""
 
+    def prepare(self, operator: nn.Module) -> None:
+        """Called by :func:`~neuralsvd.fit` before training with the operator, for losses whose best
+        estimator depends on it (e.g. :attr:`~neuralsvd.operators.Operator.pointwise`). Default: nothing."""
+
     def readout(self, model: nn.Module) -> nn.Module:
         """The module whose outputs are the learned eigenfunctions, given the trained model (called by
         :func:`~neuralsvd.fit` after training). Default: the model itself; e.g. SpIN whitens it."""

@@ -23,7 +23,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import LossOutput, SpectralLoss
+from .base import LinearReadout, LossOutput, SpectralLoss
+from .profiled_scale import ProfiledScales, scale_modes
 
 __all__ = ["NestedLoRA"]
 
@@ -39,17 +40,16 @@ def _second_moment(f: Tensor) -> Tensor:
 class _NestedLoRAFunction(torch.autograd.Function):
     """Value and hand-written gradient of the SVD-form objective (EVD: call with ``g = f``).
 
-    Inputs ``tfy = (Tf)(y)`` and ``tadj_gx = (T* g)(x)`` are constants (no gradient flows to them).
+    Inputs ``tfy = (Tf)(y)`` and ``tadj_gx = (T* g)(x)`` are constants (no gradient flows to them), and so
+    are ``moments = (Λf_a, Λf_b, Λg_a, Λg_b)``, the ``(L, L)`` second-moment estimates of each half that
+    multiply the *other* half's derivative (plain half-batch moments, or control-variate ones).
     ``v_grad, m_grad`` are the masks of the gradient; ``v_value, m_value`` those of the reported value
     (they differ only for sequential nesting).
     """
 
     @staticmethod
-    def forward(ctx, fx, gy, tfy, tadj_gx, v_value, m_value, v_grad, m_grad, split: bool):  # type: ignore[override]
-        a, b = _halves(fx.shape[0], split)
-        c, d = _halves(gy.shape[0], split)
-        lam_fa, lam_fb = _second_moment(fx[a]), _second_moment(fx[b])
-        lam_ga, lam_gb = _second_moment(gy[c]), _second_moment(gy[d])
+    def forward(ctx, fx, gy, tfy, tadj_gx, moments, v_value, m_value, v_grad, m_grad, split: bool):  # type: ignore[override]
+        lam_fa, lam_fb, lam_ga, lam_gb = moments
         operator_term = 0.5 * ((gy * tfy).mean(0) + (fx * tadj_gx).mean(0))  # (L,) estimates of ⟨g_l, T f_l⟩
         metric_term = 0.5 * (m_value * (lam_fa * lam_gb + lam_fb * lam_ga)).sum()
         ctx.save_for_backward(fx, gy, tfy, tadj_gx, v_grad, m_grad, lam_fa, lam_fb, lam_ga, lam_gb)
@@ -68,7 +68,7 @@ class _NestedLoRAFunction(torch.autograd.Function):
         grad_f[b] += fb @ (m_grad * lam_ga) / fb.shape[0]
         grad_g[c] += gc @ (m_grad * lam_fb) / gc.shape[0]
         grad_g[d] += gd @ (m_grad * lam_fa) / gd.shape[0]
-        return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None
+        return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None, None
 
 
 class NestedLoRA(SpectralLoss):
@@ -80,6 +80,16 @@ class NestedLoRA(SpectralLoss):
         weights: positive nesting weights ``w`` for joint nesting (default uniform ``1/L``).
         unbiased: split the batch in halves for the second-moment term (default). ``False`` uses the
             whole batch twice: biased for random minibatches, exact when the batch is the population.
+        control_variate: estimate the off-diagonal second moments with the self-adjointness control
+            variate (see :func:`control_variate_moments`): ``None`` (default) turns it on whenever
+            :meth:`prepare` is told the operator allows it (self-adjoint with pointwise ``Tf``, EVD); ``True``
+            forces it on for the EVD form, ``False`` off (the paper's plain estimate).
+        cv_decay: weight of the past in the running statistics that set the control-variate coefficients.
+        scales: ``"network"`` (default, the paper's: the model outputs ``f`` and learns the norms) or
+            ``"profiled"`` (EVD: the model outputs shapes, each mode's scale is set to its optimum given
+            the shapes and the shapes move tangentially, see :mod:`~neuralsvd.losses.profiled_scale`;
+            a different update, not an estimator of the same gradient; the read-out model includes the
+            scales). The SVD form always uses ``"network"``.
 
     Read-out: ``eigenvalues`` are Rayleigh quotients ``⟨f,Tf⟩/‖f‖²`` (SVD: ``⟨g,Tf⟩/(‖f‖‖g‖)``),
     ``norm_eigenvalues`` the norm estimator ``‖f‖²`` (SVD: ``‖f‖‖g‖``), both of the learned ``T``.
@@ -88,10 +98,17 @@ class NestedLoRA(SpectralLoss):
     norms_are_eigenvalues = True
 
     def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
-                 unbiased: bool = True):
+                 unbiased: bool = True, control_variate: bool | None = None, cv_decay: float = 0.99,
+                 scales: str = "network"):
         super().__init__(num_modes)
         if nesting not in ("joint", "sequential"):
             raise ValueError(f"unknown nesting {nesting!r}; valid: 'joint', 'sequential'")
+        if scales not in ("profiled", "network"):
+            raise ValueError(f"unknown scales {scales!r}; valid: 'profiled', 'network'")
+        if control_variate not in (None, True, False):
+            raise ValueError(f"control_variate must be None (auto), True or False, got {control_variate!r}")
+        if isinstance(cv_decay, bool) or not isinstance(cv_decay, (int, float)) or not 0 <= cv_decay < 1:
+            raise ValueError(f"cv_decay must be a number in [0, 1), got {cv_decay!r}")
         L = num_modes
         w = torch.full((L,), 1.0 / L, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         if w.shape != (L,) or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
@@ -102,6 +119,8 @@ class NestedLoRA(SpectralLoss):
         idx = torch.arange(L)
         m = v[torch.maximum(idx[:, None], idx[None, :])]  # M_lm = v_max(l,m)
         self.nesting, self.unbiased = nesting, bool(unbiased)
+        self.control_variate, self.cv_decay = control_variate, float(cv_decay)
+        self.cv_active = bool(control_variate)
         self.register_buffer("v_value", v)
         self.register_buffer("m_value", m)
         if nesting == "joint":
@@ -110,24 +129,65 @@ class NestedLoRA(SpectralLoss):
         else:
             self.register_buffer("v_grad", torch.ones(L, dtype=torch.float64))
             self.register_buffer("m_grad", torch.ones(L, L, dtype=torch.float64).triu())  # [m, k] = 1 if m ≤ k
+        self.cv_stats = ControlVariateStats(L, self.cv_decay)
+        self.scales = scales
+        self.profile = ProfiledScales(L)
 
     @property
     def min_batch_size(self) -> int:
         return 2 if self.unbiased else 1
 
-    def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> Tensor:
+    def prepare(self, operator) -> None:
+        if self.control_variate is None:
+            self.cv_active = bool(getattr(operator, "self_adjoint", False) and getattr(operator, "pointwise", False))
+
+    def attach(self, model) -> None:
+        self.cv_stats.reset()
+        self.profile.reset()
+
+    def _factors(self, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(L,)`` per-mode factors from model outputs to ``f`` and of their gradients."""
+        return self.profile.factors(self.v_grad, self.m_grad, self.nesting == "sequential", h)
+
+    def readout(self, model):
+        """With ``scales="profiled"`` (EVD): the model followed by the profiled scales, ``x -> c * h(x)``."""
+        if self.scales != "profiled" or isinstance(model, tuple):
+            return model
+        return LinearReadout(model, torch.diag(self._factors()[0]))
+
+    def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor, moments: tuple[Tensor, ...]) -> Tensor:
         masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)
-        return _NestedLoRAFunction.apply(fx, gy, tfy.detach(), tadj_gx.detach(), *(t.to(fx) for t in masks),
-                                         self.unbiased)
+        return _NestedLoRAFunction.apply(fx, gy, tfy.detach(), tadj_gx.detach(), moments,
+                                         *(t.to(fx) for t in masks), self.unbiased)
+
+    def _half_moments(self, f: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = _halves(f.shape[0], self.unbiased)
+        return _second_moment(f[a]), _second_moment(f[b])
 
     def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:
         """EVD form: ``fx = f(x)``, ``tfx = (Tf)(x)``, each ``(n, L)``."""
         self.check_batch(fx, tfx)
-        loss = self._objective(fx, fx, tfx, tfx)
+        if self.scales == "profiled":
+            with torch.no_grad():
+                c, grad_c = (t.to(fx) for t in self._factors(fx))  # from past batches (and a guard)
+                if fx.requires_grad:
+                    self.profile.update(fx.detach(), tfx.detach())
+            fx, tfx = scale_modes(fx, c, grad_c), tfx * c
         with torch.no_grad():
-            gram = _second_moment(fx)
+            f, tf = fx.detach(), tfx.detach()
+            if self.cv_active:
+                beta = self.cv_stats.coefficients().to(f)  # from past batches only: unbiased for this one
+                a, b = _halves(f.shape[0], self.unbiased)
+                lam_a, lam_b = (control_variate_moments(f[h], tf[h], beta) for h in (a, b))
+                if fx.requires_grad:
+                    self.cv_stats.update(f, tf)
+            else:
+                lam_a, lam_b = self._half_moments(f)
+        loss = self._objective(fx, fx, tfx, tfx, (lam_a, lam_b, lam_a, lam_b))
+        with torch.no_grad():
+            gram = _second_moment(f)
             norms = gram.diagonal()
-            rayleigh = (fx * tfx).mean(0) / norms
+            rayleigh = (f * tf).mean(0) / norms
         return LossOutput(loss, rayleigh, gram, norms.clone())
 
     def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
@@ -135,9 +195,62 @@ class NestedLoRA(SpectralLoss):
         ``(n_y, L)`` (``n_x = n_y`` for paired samples; independent ``x``, ``y`` may differ)."""
         self.check_batch(fx, tadj_gx)
         self.check_batch(gy, tfy)
-        loss = self._objective(fx, gy, tfy, tadj_gx)
+        with torch.no_grad():
+            moments = (*self._half_moments(fx.detach()), *self._half_moments(gy.detach()))
+        loss = self._objective(fx, gy, tfy, tadj_gx, moments)
         with torch.no_grad():
             gram = _second_moment(fx)
             norms = (gram.diagonal() * (gy * gy).mean(0)).sqrt()
             cross = 0.5 * ((gy * tfy).mean(0) + (fx * tadj_gx).mean(0))
         return LossOutput(loss, cross / norms, gram, norms)
+
+
+def _products(f: Tensor, tf: Tensor) -> tuple[Tensor, Tensor]:
+    """Per point: ``a[i, m, l] = f_m f_l`` and the zero-mean ``c[i, m, l] = (Tf_m) f_l - f_m (Tf_l)``."""
+    a = f.unsqueeze(2) * f.unsqueeze(1)  # (n, L, L)
+    c = tf.unsqueeze(2) * f.unsqueeze(1) - f.unsqueeze(2) * tf.unsqueeze(1)  # (n, L, L), antisymmetric in m, l
+    return a, c
+
+
+def control_variate_moments(f: Tensor, tf: Tensor, beta: Tensor) -> Tensor:
+    """Second moments ``⟨f_m, f_l⟩`` on a batch with the self-adjointness control variate, ``(L, L)``.
+
+    For self-adjoint ``T`` in ``L²(p)`` and ``Tf`` evaluated pointwise, ``c_ml = (Tf_m) f_l - f_m (Tf_l)`` has
+    mean ``⟨Tf_m, f_l⟩ - ⟨f_m, Tf_l⟩ = 0`` for *any* ``f``, so ``mean(f_m f_l + β_ml c_ml)`` is unbiased for
+    ``⟨f_m, f_l⟩`` whatever the (batch-independent, antisymmetric) coefficients ``β``; the result stays
+    symmetric. Near eigenfunctions ``c_ml ≈ (λ_m - λ_l) f_m f_l``, so ``β_ml ≈ -1/(λ_m - λ_l)`` cancels most of
+    the noise that a leading mode's large norm puts into the deflation terms of the later modes.
+    """
+    a, c = _products(f, tf)
+    return (a + beta * c).mean(0)
+
+
+class ControlVariateStats(torch.nn.Module):
+    """Running statistics for the variance-optimal control-variate coefficients ``β = -E[a c] / E[c²]``
+    (``E[c] = 0`` exactly), exponential moving averages with bias correction. Buffers, so checkpointed."""
+
+    def __init__(self, num_modes: int, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("ac", torch.zeros(num_modes, num_modes))
+        self.register_buffer("cc", torch.zeros(num_modes, num_modes))
+        self.register_buffer("weight", torch.zeros(()))
+
+    def reset(self) -> None:
+        for t in (self.ac, self.cc, self.weight):
+            t.zero_()
+
+    def coefficients(self) -> Tensor:
+        """``(L, L)`` antisymmetric ``β``; zero before the first update and where ``c`` vanishes."""
+        cc = self.cc
+        tiny = torch.finfo(cc.dtype).tiny
+        return torch.where(cc > tiny, -self.ac / cc.clamp_min(tiny), torch.zeros_like(cc))
+
+    def update(self, f: Tensor, tf: Tensor) -> None:
+        a, c = _products(f, tf)
+        w = self.decay
+        for buf, new in ((self.ac, (a * c).mean(0)), (self.cc, (c * c).mean(0))):
+            # bias-corrected EMA: buf = Σ w^k new_k / Σ w^k
+            total = self.weight * w + 1.0
+            buf.mul_(self.weight * w / total).add_(new.to(buf) / total)
+        self.weight.mul_(w).add_(1.0)

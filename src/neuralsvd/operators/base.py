@@ -47,6 +47,10 @@ class Operator(nn.Module):
 
     #: whether ``T`` is self-adjoint in ``L²(p)`` (EVD with one set of functions)
     self_adjoint: bool = True
+    #: whether ``(Tf)(x_i)`` depends on the batch only through ``x_i`` (exact or pointwise operators); False
+    #: for Monte Carlo estimates of ``Tf`` from other points of the batch (kernel operators). Losses use it
+    #: to decide whether estimates that combine ``f`` and ``Tf`` of one half-batch stay unbiased.
+    pointwise: bool = True
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """Draw a batch ``x ~ p``."""

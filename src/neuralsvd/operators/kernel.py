@@ -202,6 +202,8 @@ class KernelOperator(Operator):
             estimator is unbiased for ``K/N``).
     """
 
+    pointwise = False  # Tf at one half of the batch is averaged over the other half
+
     def __init__(self, kernel: Kernel, sampler_or_data: Sampler | Tensor | np.ndarray):
         super().__init__()
         if not callable(kernel):
