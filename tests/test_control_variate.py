@@ -58,7 +58,7 @@ def test_gradient_with_control_variate_is_unbiased(nesting):
     N, L, B = 4, 3, 4
     k = _symmetric(N, seed=3)
     table = torch.randn(N, L, dtype=F64, generator=torch.Generator().manual_seed(4))
-    loss = NestedLoRA(L, nesting=nesting, control_variate=True, scales="network")
+    loss = NestedLoRA(L, nesting=nesting, control_variate=True)
     beta = _antisymmetric(L, seed=5)
     loss.cv_stats.ac.copy_(-beta)  # fixed coefficients β = -ac / cc with cc = 1
     loss.cv_stats.cc.fill_(1.0)

@@ -143,8 +143,6 @@ METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
                             lambda L: NestedLoRA(L, nesting="sequential", control_variate=False)),
     "neuralsvd-joint-paper": ("NestedLoRA, joint nesting, the paper's plain half-batch moments",
                               lambda L: NestedLoRA(L, nesting="joint", control_variate=False)),
-    "neuralsvd-seq-scaled": ("NestedLoRA, sequential nesting, profiled per-mode scales with tangent shape updates",
-                             lambda L: NestedLoRA(L, nesting="sequential", scales="profiled")),
     "spin": ("SpIN baseline (Pfau et al. 2019): whitened trace, masked gradient, moving averages (decay 0.01)",
              lambda L: SpIN(L, decay=0.01)),
     "neuralef": ("NeuralEF baseline (Deng et al. 2022): batch-normalized outputs, asymmetric deflation",

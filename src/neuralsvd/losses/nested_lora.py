@@ -23,8 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import LinearReadout, LossOutput, SpectralLoss
-from .profiled_scale import ProfiledScales, scale_modes
+from .base import LossOutput, SpectralLoss
 
 __all__ = ["NestedLoRA"]
 
@@ -85,11 +84,6 @@ class NestedLoRA(SpectralLoss):
             :meth:`prepare` is told the operator allows it (self-adjoint with pointwise ``Tf``, EVD); ``True``
             forces it on for the EVD form, ``False`` off (the paper's plain estimate).
         cv_decay: weight of the past in the running statistics that set the control-variate coefficients.
-        scales: ``"network"`` (default, the paper's: the model outputs ``f`` and learns the norms) or
-            ``"profiled"`` (EVD: the model outputs shapes, each mode's scale is set to its optimum given
-            the shapes and the shapes move tangentially, see :mod:`~neuralsvd.losses.profiled_scale`;
-            a different update, not an estimator of the same gradient; the read-out model includes the
-            scales). The SVD form always uses ``"network"``.
 
     Read-out: ``eigenvalues`` are Rayleigh quotients ``⟨f,Tf⟩/‖f‖²`` (SVD: ``⟨g,Tf⟩/(‖f‖‖g‖)``),
     ``norm_eigenvalues`` the norm estimator ``‖f‖²`` (SVD: ``‖f‖‖g‖``), both of the learned ``T``.
@@ -98,13 +92,10 @@ class NestedLoRA(SpectralLoss):
     norms_are_eigenvalues = True
 
     def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
-                 unbiased: bool = True, control_variate: bool | None = None, cv_decay: float = 0.99,
-                 scales: str = "network"):
+                 unbiased: bool = True, control_variate: bool | None = None, cv_decay: float = 0.99):
         super().__init__(num_modes)
         if nesting not in ("joint", "sequential"):
             raise ValueError(f"unknown nesting {nesting!r}; valid: 'joint', 'sequential'")
-        if scales not in ("profiled", "network"):
-            raise ValueError(f"unknown scales {scales!r}; valid: 'profiled', 'network'")
         if control_variate not in (None, True, False):
             raise ValueError(f"control_variate must be None (auto), True or False, got {control_variate!r}")
         if isinstance(cv_decay, bool) or not isinstance(cv_decay, (int, float)) or not 0 <= cv_decay < 1:
@@ -130,30 +121,18 @@ class NestedLoRA(SpectralLoss):
             self.register_buffer("v_grad", torch.ones(L, dtype=torch.float64))
             self.register_buffer("m_grad", torch.ones(L, L, dtype=torch.float64).triu())  # [m, k] = 1 if m ≤ k
         self.cv_stats = ControlVariateStats(L, self.cv_decay)
-        self.scales = scales
-        self.profile = ProfiledScales(L)
 
     @property
     def min_batch_size(self) -> int:
         return 2 if self.unbiased else 1
 
     def prepare(self, operator) -> None:
+        """Automatic control variate: on for a self-adjoint operator whose ``Tf`` is pointwise."""
         if self.control_variate is None:
             self.cv_active = bool(getattr(operator, "self_adjoint", False) and getattr(operator, "pointwise", False))
 
     def attach(self, model) -> None:
         self.cv_stats.reset()
-        self.profile.reset()
-
-    def _factors(self, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(L,)`` per-mode factors from model outputs to ``f`` and of their gradients."""
-        return self.profile.factors(self.v_grad, self.m_grad, self.nesting == "sequential", h)
-
-    def readout(self, model):
-        """With ``scales="profiled"`` (EVD): the model followed by the profiled scales, ``x -> c * h(x)``."""
-        if self.scales != "profiled" or isinstance(model, tuple):
-            return model
-        return LinearReadout(model, torch.diag(self._factors()[0]))
 
     def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor, moments: tuple[Tensor, ...]) -> Tensor:
         masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)
@@ -167,12 +146,6 @@ class NestedLoRA(SpectralLoss):
     def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:
         """EVD form: ``fx = f(x)``, ``tfx = (Tf)(x)``, each ``(n, L)``."""
         self.check_batch(fx, tfx)
-        if self.scales == "profiled":
-            with torch.no_grad():
-                c, grad_c = (t.to(fx) for t in self._factors(fx))  # from past batches (and a guard)
-                if fx.requires_grad:
-                    self.profile.update(fx.detach(), tfx.detach())
-            fx, tfx = scale_modes(fx, c, grad_c), tfx * c
         with torch.no_grad():
             f, tf = fx.detach(), tfx.detach()
             if self.cv_active:
