@@ -81,7 +81,7 @@ def test_symmetric_top4_eigenpairs(symmetric_problem, nesting):
     op = DenseOperator(torch.from_numpy(a))
     assert op.self_adjoint
     torch.manual_seed(0)
-    result = nsvd.fit(Tabular(n, 4).double(), op, nsvd.NestedLoRA(4, nesting=nesting, unbiased=False),
+    result = nsvd.fit(Tabular(n, 4).double(), op, nsvd.NestedLoRA(4, nesting=nesting),
                       steps=3000, batch_size=n, lr=3e-2, progress=False)
     np.testing.assert_allclose(result.eigenvalues.numpy(), w[:4], rtol=1e-4)
     assert bool((result.eigenvalues[:-1] > result.eigenvalues[1:]).all())  # leading first
@@ -113,7 +113,7 @@ def test_rectangular_top4_singular_triples(rectangular_problem, nesting):
     assert not op.self_adjoint
     torch.manual_seed(0)
     result = nsvd.fit((Tabular(n, 4).double(), Tabular(m, 4).double()), op,
-                      nsvd.NestedLoRA(4, nesting=nesting, unbiased=False),
+                      nsvd.NestedLoRA(4, nesting=nesting),
                       steps=3000, batch_size=m, lr=3e-2, progress=False)
     assert result.is_svd
     np.testing.assert_allclose(result.singular_values.numpy(), s[:4], rtol=1e-4)
@@ -168,7 +168,7 @@ def test_norm_read_out_agrees_with_rayleigh_at_convergence():
     a = torch.tensor((q * evals) @ q.T)
     torch.manual_seed(0)
     res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), nsvd.operators.DenseOperator(a),
-                   nsvd.NestedLoRA(2, unbiased=False), steps=2000, batch_size=12, lr=3e-2, progress=False)
+                   nsvd.NestedLoRA(2), steps=2000, batch_size=12, lr=3e-2, progress=False)
     torch.testing.assert_close(res.norm_eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=0)
     torch.testing.assert_close(res.eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-8, atol=0)
 
@@ -202,7 +202,7 @@ def test_norm_ratio_is_one_at_convergence_and_flags_unconverged_modes(recwarn):
     a = torch.tensor((q * np.concatenate([[3.0, 2.0], gen.uniform(-0.5, 0.5, size=10)])) @ q.T)
     op = nsvd.operators.DenseOperator(a)
     torch.manual_seed(0)
-    res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), op, nsvd.NestedLoRA(2, unbiased=False), steps=2000,
+    res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), op, nsvd.NestedLoRA(2), steps=2000,
                    batch_size=12, lr=3e-2, progress=False)
     np.testing.assert_allclose(res.extras["norm_ratio"], [1.0, 1.0], rtol=1e-6)
     assert not [w for w in recwarn if "unconverged" in str(w.message)]

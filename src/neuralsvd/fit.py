@@ -7,9 +7,10 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ from .losses.base import LossOutput, SpectralLoss
 from .operators.base import Operator
 from .quadrature import Quadrature
 
-__all__ = ["fit", "FitResult", "DivergenceError", "CheckpointError", "estimate_eigenvalues"]
+__all__ = ["CheckpointError", "DivergenceError", "FitResult", "estimate_eigenvalues", "fit"]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -137,6 +138,7 @@ def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, 
     for name, value, low in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    loss.use_population_batches(op.batch_is_population(batch_size, svd))
     if batch_size < loss.min_batch_size:
         raise ValueError(f"batch_size={batch_size} is too small: {type(loss).__name__} needs at least "
                          f"{loss.min_batch_size} (it splits the batch into independent halves)")

@@ -19,14 +19,16 @@ of ``[-D, D]^d``.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_positive_int
 from .autodiff import jet_input, jet_product
 
-__all__ = ["ParallelMLP", "MLP", "Tabular", "ACTIVATIONS", "Activation"]
+__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Tabular"]
 
 
 class Activation(NamedTuple):
@@ -88,17 +90,15 @@ class _BatchedMLP(nn.Module):
         radial: bool = False,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_modes", num_modes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_modes", num_modes)
         groups, out_features = (num_modes, 1) if self.disjoint else (1, num_modes)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {sorted(ACTIVATIONS)}")
         hidden = tuple(int(h) for h in hidden)
         if len(hidden) == 0 or min(hidden) < 1:
             raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
-        if isinstance(fourier_features, bool) or not isinstance(fourier_features, int) or fourier_features < 0:
-            raise ValueError(f"fourier_features must be an integer >= 0, got {fourier_features!r}")
+        check_positive_int("fourier_features", fourier_features, 0)
         scales = list(envelope_scale) if isinstance(envelope_scale, (tuple, list)) else [envelope_scale] * num_modes
         if envelope and len(scales) != num_modes:
             raise ValueError(f"envelope_scale must be one number or {num_modes} (one per mode), got {envelope_scale!r}")
@@ -305,9 +305,8 @@ class Tabular(nn.Module):
 
     def __init__(self, num_points: int, num_modes: int, init_std: float = 0.1):
         super().__init__()
-        for name, value in (("num_points", num_points), ("num_modes", num_modes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("num_points", num_points)
+        check_positive_int("num_modes", num_modes)
         self.num_points, self.num_modes = num_points, num_modes
         self.table = nn.Parameter(init_std * torch.randn(num_points, num_modes))
 

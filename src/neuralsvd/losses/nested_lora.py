@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import LossOutput, SpectralLoss
+from .base import LossOutput, SpectralLoss, split_halves, warn_if_biased
 
 __all__ = ["NestedLoRA"]
 
@@ -78,8 +78,10 @@ class NestedLoRA(SpectralLoss):
         num_modes: ``L``.
         nesting: ``"sequential"`` (default; the paper's best) or ``"joint"``.
         weights: positive nesting weights ``w`` for joint nesting (default uniform ``1/L``).
-        unbiased: split the batch in halves for the second-moment term (default). ``False`` uses the
-            whole batch twice: biased for random minibatches, exact when the batch is the population.
+        unbiased: ``None`` (default, automatic): split sampled batches in halves for the second-moment
+            term (unbiased), and use the whole batch when it is the finite population (exact; ``fit``
+            tells the loss, see :meth:`use_population_batches`). ``True`` always splits, ``False`` never
+            (biased for random minibatches; both warn where they bias the result).
 
     Read-out: ``eigenvalues`` are Rayleigh quotients ``⟨f,Tf⟩/‖f‖²`` (SVD: ``⟨g,Tf⟩/(‖f‖‖g‖)``),
     ``norm_eigenvalues`` the norm estimator ``‖f‖²`` (SVD: ``‖f‖‖g‖``), both of the learned ``T``.
@@ -88,7 +90,7 @@ class NestedLoRA(SpectralLoss):
     norms_are_eigenvalues = True
 
     def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
-                 unbiased: bool = True):
+                 unbiased: bool | None = None):
         super().__init__(num_modes)
         if nesting not in ("joint", "sequential"):
             raise ValueError(f"unknown nesting {nesting!r}; valid: 'joint', 'sequential'")
@@ -101,7 +103,7 @@ class NestedLoRA(SpectralLoss):
         v = w.flip(0).cumsum(0).flip(0)  # v_l = Σ_{i≥l} w_i
         idx = torch.arange(L)
         m = v[torch.maximum(idx[:, None], idx[None, :])]  # M_lm = v_max(l,m)
-        self.nesting, self.unbiased = nesting, bool(unbiased)
+        self.nesting, self.unbiased = nesting, None if unbiased is None else bool(unbiased)
         self.register_buffer("v_value", v)
         self.register_buffer("m_value", m)
         if nesting == "joint":
@@ -112,13 +114,22 @@ class NestedLoRA(SpectralLoss):
             self.register_buffer("m_grad", torch.ones(L, L, dtype=torch.float64).triu())  # [m, k] = 1 if m ≤ k
 
     @property
+    def split(self) -> bool:
+        """Whether this step's second moments come from two halves of the batch (see ``unbiased``)."""
+        return split_halves(self.unbiased, self.population_batches)
+
+    def use_population_batches(self, population: bool) -> None:
+        super().use_population_batches(population)
+        warn_if_biased(self, self.unbiased, self.population_batches, sampled_bias=True)
+
+    @property
     def min_batch_size(self) -> int:
-        return 2 if self.unbiased else 1
+        return 2 if self.split else 1
 
     def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> Tensor:
         masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)
         return _NestedLoRAFunction.apply(fx, gy, tfy.detach(), tadj_gx.detach(), *(t.to(fx) for t in masks),
-                                         self.unbiased)
+                                         self.split)
 
     def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:
         """EVD form: ``fx = f(x)``, ``tfx = (Tf)(x)``, each ``(n, L)``."""
