@@ -86,7 +86,7 @@ class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             result = fit(make_model(), operator, NestedLoRA(num_modes, nesting=self.nesting),
                          steps=int(self.steps), batch_size=int(self.batch_size), lr=self.lr, seed=seed,
                          device=self.device, dtype=torch.float32, progress=self.verbose)
-        for module in result.model if isinstance(result.model, tuple) else (result.model,):
+        for module in result.decomposition.modules(result.model):
             module.double()  # trained in float32, evaluated in float64: transform is batch-independent
         return result
 

@@ -143,6 +143,18 @@ class _BatchedMLP(nn.Module):
             raise ValueError(f"expected x of shape (n, {self.in_features}), got {tuple(x.shape)}")
 
     # -- forward, optionally with a jet (value, gradient, Laplacian) -----------------------------------
+    def mode_axes(self) -> dict[str, int | None]:
+        """Per parameter, the axis along which slice ``m`` feeds output ``m`` only, or None when shared
+        by several modes (used by :class:`~neuralsvd.SpIN` to store Jacobian averages compactly).
+        Disjoint networks: every parameter, along the network axis (``(in, L, hidden)`` for the first
+        weight, ``(L, ...)`` elsewhere). Shared trunk: the output layer ``(1, hidden, L)``, ``(1, 1, L)``
+        and the envelope scales ``(L,)``."""
+        names = [name for name, _ in self.named_parameters()]
+        if self.disjoint:
+            return {name: 1 if name == "first_weight" else 0 for name in names}
+        per_mode = {"out_weight": 2, "out_bias": 2, "log_envelope_scale": 0}
+        return {name: per_mode.get(name) for name in names}
+
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
 
@@ -309,6 +321,10 @@ class Tabular(nn.Module):
         check_positive_int("num_modes", num_modes)
         self.num_points, self.num_modes = num_points, num_modes
         self.table = nn.Parameter(init_std * torch.randn(num_points, num_modes))
+
+    def mode_axes(self) -> dict[str, int | None]:
+        """The table ``(points, L)``: column ``m`` is mode ``m``."""
+        return {"table": 1}
 
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):

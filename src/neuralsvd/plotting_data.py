@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .evaluation import _chunked
-from .fit import FitResult
+from .result import FitResult
 from .operators.base import Operator
 from .plotting import (
     CHUNK,

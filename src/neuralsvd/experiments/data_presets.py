@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import operators
-from ..fit import FitResult
+from ..result import FitResult
 from ..models import Tabular
 from ..operators.base import Operator
 from ..operators.paired import cross_view_retrieval

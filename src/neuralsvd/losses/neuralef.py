@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..decomposition import decomposition_of
 from .base import (
     LinearReadout,
     LossOutput,
@@ -82,7 +83,7 @@ class NeuralEF(SpectralLoss):
         return 2 if self.split else 1
 
     def attach(self, model: nn.Module | tuple[nn.Module, nn.Module]) -> None:
-        if isinstance(model, tuple):
+        if decomposition_of(model).is_svd:
             raise evd_only_error(self)
         p = next(model.parameters(), None)
         like = p if p is not None else self.mean_square

@@ -28,19 +28,18 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import quadrature as quad
+from ..result import FitResult
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .kernels import RBF, Kernel
 
-if TYPE_CHECKING:
-    from ..fit import FitResult
 
 __all__ = [
     "KernelOperator",
@@ -162,13 +161,11 @@ class NystromExtension(nn.Module):
         return w[:num_modes], cls(kernel, points, w[:num_modes], v[:, :num_modes])
 
 
-def nystrom(operator: "KernelOperator", num_points: int, num_modes: int, seed: int = 0) -> "FitResult":
+def nystrom(operator: "KernelOperator", num_points: int, num_modes: int, seed: int = 0) -> FitResult:
     """The Nyström baseline: eigendecomposition of ``K/n`` on ``num_points`` samples of the operator's
     measure plus the out-of-sample extension, returned as a :class:`~neuralsvd.FitResult` (no training
     history) that :func:`neuralsvd.evaluate` accepts like a trained model. Cost ``O(n³)``.
     """
-    from ..fit import FitResult  # fit imports the operators; importing it here keeps that one-way
-
     t0 = time.perf_counter()
     points = operator.sample(num_points, torch.Generator().manual_seed(seed), torch.float64)
     eigenvalues, extension = NystromExtension.fit_points(operator.kernel, points, num_modes)
