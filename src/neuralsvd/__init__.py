@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import autodiff, metrics, models, operators, quadrature, sampling
+from .artifacts import load
 from .evaluation import evaluate
 from .fit import DivergenceError, FitResult, fit
 from .losses import LossOutput, NestedLoRA, NeuralEF, SpectralLoss, SpIN
@@ -20,8 +21,8 @@ __all__ = [
     "SpectralLoss", "LossOutput", "NestedLoRA", "SpIN", "NeuralEF",
     # operators
     "Operator", "CrossOperator",
-    # evaluation
-    "evaluate",
+    # evaluation and artifacts
+    "evaluate", "load",
     # submodules
     "autodiff", "metrics", "models", "operators", "quadrature", "sampling", "estimators",
     "__version__",

@@ -35,6 +35,9 @@ class FitResult:
         history: ``{"step": (S,), "loss": (S,), "eigenvalues": (S, L)}`` per training step: minibatch
             eigenvalue estimates in the reporting convention, columns in mode order (as ``eigenvalues``).
         steps, wall_seconds, steps_per_second: what the run did (this call only, when resumed).
+        extras: diagnostics (rollbacks, learning-rate scale, resumed step, norm ratios).
+        config: the :class:`~neuralsvd.experiments.ExperimentConfig` of a run loaded with
+            :func:`neuralsvd.load` (None for a direct :func:`~neuralsvd.fit`).
     """
 
     model: Any
@@ -50,6 +53,7 @@ class FitResult:
     right_norms: Tensor | None = None
     mixing: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    config: Any = None
 
     @property
     def decomposition(self) -> Decomposition:

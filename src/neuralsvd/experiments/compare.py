@@ -24,7 +24,7 @@ from .. import plotting
 from .._validation import check_positive_int
 from ..fit import DivergenceError
 from .config import ConfigError, ExperimentConfig
-from .presets import METHODS
+from .registry import METHODS
 from .run import NULL_ON_FAILURE, run
 
 __all__ = ["compare", "comparison_table"]

@@ -25,7 +25,6 @@ the empirical operator). :func:`nystrom`: the Nyström baseline on ``n`` sampled
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from typing import Sequence
@@ -39,6 +38,7 @@ from ..result import FitResult
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .kernels import RBF, Kernel
+from .multi_index import top_multi_indices
 
 
 __all__ = [
@@ -97,27 +97,6 @@ def normalized_hermite_e(x: Tensor, kmax: int) -> Tensor:
     for k in range(1, kmax):
         h.append((x * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1))
     return torch.stack(h[: kmax + 1], 1)
-
-
-def top_multi_indices(decay: Sequence[float], num: int) -> list[tuple[int, ...]]:
-    """The ``num`` multi-indices ``k`` with the smallest ``Σ_i k_i decay_i`` (ties: lexicographic).
-
-    For eigenvalues ``Π_i c_i r_i^{k_i}`` (products of geometric sequences) pass ``decay_i = -log r_i``;
-    ``decay_i = inf`` (``r_i = 0``) freezes axis ``i`` at 0. Raises if fewer than ``num`` exist.
-    """
-    start = (0,) * len(decay)
-    heap, seen, out = [(0.0, start)], {start}, []
-    while len(out) < num:
-        if not heap:
-            raise ValueError(f"only {len(out)} modes have a non-zero eigenvalue, {num} were asked for")
-        cost, idx = heapq.heappop(heap)
-        out.append(idx)
-        for i, rate in enumerate(decay):
-            nxt = idx[:i] + (idx[i] + 1,) + idx[i + 1 :]
-            if math.isfinite(rate) and nxt not in seen:
-                seen.add(nxt)
-                heapq.heappush(heap, (cost + rate, nxt))
-    return out
 
 
 # --- Nyström ------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ eigenfunctions as ``ψ = sqrt(p) f`` in ``L²(dx)``. Pick ``shift`` above the hi
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Sequence
 
@@ -28,6 +27,7 @@ from .. import quadrature as quad
 from .._validation import check_positive_int
 from ..autodiff import value_and_derivatives
 from ..sampling import Gaussian, Sampler
+from .multi_index import top_multi_indices
 from .base import Function, Operator, check_model_output
 
 __all__ = ["HarmonicOscillator", "Hydrogen2D", "Schrodinger"]
@@ -244,17 +244,7 @@ class HarmonicOscillator(Schrodinger):
 
     def quantum_numbers(self, num_modes: int) -> list[tuple[int, ...]]:
         """The ``num_modes`` lowest multi-indices ``(n_1..n_d)`` by energy (ties: lexicographic)."""
-        start = (0,) * self.dim
-        heap, seen, out = [(self._energy(start), start)], {start}, []
-        while len(out) < num_modes:
-            _, idx = heapq.heappop(heap)
-            out.append(idx)
-            for i in range(self.dim):
-                nxt = idx[:i] + (idx[i] + 1,) + idx[i + 1 :]
-                if nxt not in seen:
-                    seen.add(nxt)
-                    heapq.heappush(heap, (self._energy(nxt), nxt))
-        return out
+        return top_multi_indices([2 * w for w in self.omega], num_modes)
 
     def _energy(self, idx: tuple[int, ...]) -> float:
         return sum(w * (2 * k + 1) for w, k in zip(self.omega, idx))
