@@ -18,9 +18,8 @@ from neuralsvd.experiments import (
     get_problem,
     make_loss,
     make_operator,
+    run,
 )
-
-TINY = ["--set", "model.hidden=(16, 16)", "--set", "train.eval_batches=2", "--no-progress"]
 
 
 def _config(problem: str, **train) -> ExperimentConfig:
@@ -66,8 +65,9 @@ def test_loaded_result_reproduces_the_trained_one_exactly(tmp_path, problem, met
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """A finished run folder, as `neuralsvd run oscillator --steps 25 --modes 3` writes it."""
     out = tmp_path_factory.mktemp("run")
-    assert cli.main(["run", "oscillator", "--steps", "25", "--modes", "3", "--out", str(out), *TINY]) == 0
+    run(_config("oscillator", steps=25).with_overrides(["modes=3"]), out, progress=False, echo=lambda line: None)
     return out
 
 

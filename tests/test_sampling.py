@@ -10,6 +10,7 @@ import torch
 
 from neuralsvd import quadrature, sampling
 
+
 def _line(edges: list[float]) -> quadrature.Quadrature:
     t, w = quadrature.gauss_legendre(edges, 24)
     return quadrature.Quadrature(t.unsqueeze(1), w)

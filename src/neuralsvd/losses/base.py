@@ -16,6 +16,7 @@ __all__ = [
     "LinearReadout",
     "LossOutput",
     "SpectralLoss",
+    "SplitHalves",
     "evd_only_error",
     "prescribed_gradient",
     "split_halves",
@@ -103,6 +104,29 @@ class SpectralLoss(nn.Module):
 
     def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
         raise evd_only_error(self)
+
+
+class SplitHalves:
+    """Mixin for a :class:`SpectralLoss` with a split option ``unbiased`` (True, False or None for
+    automatic): :attr:`split` says whether this step estimates second moments from two halves of the
+    batch, and :meth:`use_population_batches` warns about settings known to bias the result."""
+
+    unbiased: bool | None
+    population_batches: bool
+    #: whether using the whole batch twice biases estimates on sampled batches (then warned about)
+    whole_batch_biased: bool = True
+
+    @property
+    def split(self) -> bool:
+        return split_halves(self.unbiased, self.population_batches)
+
+    @property
+    def min_batch_size(self) -> int:
+        return 2 if self.split else 1
+
+    def use_population_batches(self, population: bool) -> None:
+        super().use_population_batches(population)  # type: ignore[misc]
+        warn_if_biased(self, self.unbiased, self.population_batches, self.whole_batch_biased)
 
 
 def split_halves(unbiased: bool | None, population: bool) -> bool:

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import LossOutput, SpectralLoss, split_halves, warn_if_biased
+from .base import LossOutput, SpectralLoss, SplitHalves
 
 __all__ = ["NestedLoRA"]
 
@@ -71,7 +71,7 @@ class _NestedLoRAFunction(torch.autograd.Function):
         return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None
 
 
-class NestedLoRA(SpectralLoss):
+class NestedLoRA(SplitHalves, SpectralLoss):
     """The NeuralSVD objective with joint or sequential nesting.
 
     Args:
@@ -112,19 +112,6 @@ class NestedLoRA(SpectralLoss):
         else:
             self.register_buffer("v_grad", torch.ones(L, dtype=torch.float64))
             self.register_buffer("m_grad", torch.ones(L, L, dtype=torch.float64).triu())  # [m, k] = 1 if m ≤ k
-
-    @property
-    def split(self) -> bool:
-        """Whether this step's second moments come from two halves of the batch (see ``unbiased``)."""
-        return split_halves(self.unbiased, self.population_batches)
-
-    def use_population_batches(self, population: bool) -> None:
-        super().use_population_batches(population)
-        warn_if_biased(self, self.unbiased, self.population_batches, sampled_bias=True)
-
-    @property
-    def min_batch_size(self) -> int:
-        return 2 if self.split else 1
 
     def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> Tensor:
         masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)

@@ -34,10 +34,9 @@ from .base import (
     LinearReadout,
     LossOutput,
     SpectralLoss,
+    SplitHalves,
     evd_only_error,
     prescribed_gradient,
-    split_halves,
-    warn_if_biased,
 )
 
 __all__ = ["NeuralEF"]
@@ -46,7 +45,7 @@ __all__ = ["NeuralEF"]
 _DENOMINATOR_EPS = 1e-5
 
 
-class NeuralEF(SpectralLoss):
+class NeuralEF(SplitHalves, SpectralLoss):
     """NeuralEF with batch L2 normalization and the asymmetric (stop-gradient) deflation update.
 
     Args:
@@ -61,6 +60,9 @@ class NeuralEF(SpectralLoss):
     diagnostic only); ``eigenvalues`` are ``R_jj`` (batch Rayleigh quotients), ``gram`` is ``⟨ψ_i, ψ_j⟩``.
     """
 
+    #: the whole batch twice is the published method, not a bias to warn about on sampled batches
+    whole_batch_biased = False
+
     def __init__(self, num_modes: int, unbiased: bool | None = False, momentum: float = 0.9):
         super().__init__(num_modes)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
@@ -68,19 +70,6 @@ class NeuralEF(SpectralLoss):
         self.unbiased, self.momentum = None if unbiased is None else bool(unbiased), float(momentum)
         self.register_buffer("mean_square", torch.ones(num_modes))  # (L,) running mean_b f(x_b)²
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-
-    @property
-    def split(self) -> bool:
-        """Whether this step's deflation coefficients come from the other half of the batch."""
-        return split_halves(self.unbiased, self.population_batches)
-
-    def use_population_batches(self, population: bool) -> None:
-        super().use_population_batches(population)
-        warn_if_biased(self, self.unbiased, self.population_batches, sampled_bias=False)
-
-    @property
-    def min_batch_size(self) -> int:
-        return 2 if self.split else 1
 
     def attach(self, model: nn.Module | tuple[nn.Module, nn.Module]) -> None:
         if decomposition_of(model).is_svd:
