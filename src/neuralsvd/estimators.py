@@ -31,6 +31,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
+from ._validation import check_positive_int
 from .fit import FitResult, fit
 from .losses import NestedLoRA
 from .models import ParallelMLP
@@ -68,9 +69,7 @@ class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def _check_common(self, n_samples: int) -> None:
         for name in ("n_components", "steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.n_components >= n_samples:
             raise ValueError(f"n_components={self.n_components} must be below n_samples={n_samples}")
         if self.batch_size < 2:
