@@ -89,7 +89,8 @@ def _eval(args: argparse.Namespace) -> None:
         points = points.unsqueeze(1)  # (n,) on a line: (n, 1)
     values = result.right_functions(points) if args.right else result.eigenfunctions(points)
     np.save(args.out, values.double().cpu().numpy())
-    print(f"{tuple(values.shape)} {'right singular' if args.right else 'eigen'}functions written to {args.out}")
+    what = "right singular functions" if args.right else "eigenfunctions"
+    print(f"{tuple(values.shape)} {what} written to {args.out}")
 
 
 def _export(args: argparse.Namespace) -> None:
