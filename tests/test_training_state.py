@@ -1,4 +1,4 @@
-"""Reliability (issue 4): resume equality, kill -9, corrupted checkpoints, the divergence guard."""
+"""The training state: resume equality, kill -9, corrupted checkpoints, the divergence guard."""
 
 from __future__ import annotations
 
