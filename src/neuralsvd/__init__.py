@@ -14,7 +14,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by kind
     # training
     "fit", "FitResult", "DivergenceError",
     # objectives

@@ -22,7 +22,8 @@ RNG is left untouched).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from .operators.kernel import KernelOperator
 from .operators.kernels import Centered, make_kernel
 from .operators.paired import PairedSamples
 
-__all__ = ["NeuralEigenmap", "NeuralSpectralEmbedding", "NeuralCCA"]
+__all__ = ["NeuralCCA", "NeuralEigenmap", "NeuralSpectralEmbedding"]
 
 
 class _Standardize(nn.Module):
@@ -159,7 +160,7 @@ class NeuralEigenmap(_NeuralSpectral):
             raise ValueError(f"unknown kernel {self.kernel!r}; valid: {', '.join(params)} or a callable")
         return make_kernel(self.kernel, **params[self.kernel])
 
-    def fit(self, X: Any, y: Any = None) -> "NeuralEigenmap":
+    def fit(self, X: Any, y: Any = None) -> NeuralEigenmap:
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         self._check_common(X.shape[0])
         data = torch.tensor(X, dtype=torch.float64)
@@ -227,7 +228,7 @@ class NeuralSpectralEmbedding(_NeuralSpectral):
         self.activation, self.steps, self.batch_size, self.lr = activation, steps, batch_size, lr
         self.nesting, self.random_state, self.device, self.verbose = nesting, random_state, device, verbose
 
-    def fit(self, X: Any, y: Any = None) -> "NeuralSpectralEmbedding":
+    def fit(self, X: Any, y: Any = None) -> NeuralSpectralEmbedding:
         from sklearn.neighbors import kneighbors_graph
 
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
@@ -295,7 +296,7 @@ class NeuralCCA(_NeuralSpectral):
         tags.target_tags.required = True
         return tags
 
-    def fit(self, X: Any, Y: Any) -> "NeuralCCA":
+    def fit(self, X: Any, Y: Any) -> NeuralCCA:
         X, Y = validate_data(self, X, Y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
                              ensure_min_samples=2)
         Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y

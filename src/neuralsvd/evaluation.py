@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from .result import FitResult
 from .operators.base import Operator
 from .quadrature import Quadrature
+from .result import FitResult
 
 __all__ = ["evaluate", "inner_products"]
 

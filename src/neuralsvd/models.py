@@ -18,6 +18,7 @@ of ``[-D, D]^d``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -125,7 +126,7 @@ class _BatchedMLP(nn.Module):
         self.first_weight = nn.Parameter(torch.randn(width_in, groups, hidden[0]) * math.sqrt(2.0 / width_in))
         self.first_bias = nn.Parameter(torch.zeros(groups, 1, hidden[0]))
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(groups, a, b) * math.sqrt(2.0 / a)) for a, b in zip(widths[1:], widths[2:])
+            nn.Parameter(torch.randn(groups, a, b) * math.sqrt(2.0 / a)) for a, b in itertools.pairwise(widths[1:])
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(groups, 1, b)) for b in widths[2:])
         self.out_weight = nn.Parameter(torch.randn(groups, hidden[-1], out_features) * math.sqrt(2.0 / hidden[-1]))

@@ -12,8 +12,9 @@ Procrustes (:func:`aligned_eigenfunctions`), with inner products from the operat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,16 +22,21 @@ from torch import Tensor
 
 from . import metrics
 from .evaluation import _chunked, _float64_copy, inner_products
-from .result import FitResult
 from .operators.base import Operator
 from .quadrature import Quadrature
+from .result import FitResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["aligned_eigenfunctions", "plot_eigenfunctions", "plot_training_curve", "plot_comparison",
-           "COMPARISON_METRICS"]
+__all__ = [
+    "COMPARISON_METRICS",
+    "aligned_eigenfunctions",
+    "plot_comparison",
+    "plot_eigenfunctions",
+    "plot_training_curve",
+]
 
 #: resolution of saved PNGs
 DPI = 110

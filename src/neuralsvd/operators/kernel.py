@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -40,15 +40,14 @@ from .base import Function, Operator, check_model_output
 from .kernels import RBF, Kernel
 from .multi_index import top_multi_indices
 
-
 __all__ = [
-    "KernelOperator",
     "GaussianRBF",
+    "KernelOperator",
     "NystromExtension",
-    "nystrom",
     "gaussian_qmc",
     "gaussian_quadrature",
     "normalized_hermite_e",
+    "nystrom",
     "top_multi_indices",
 ]
 
@@ -124,7 +123,7 @@ class NystromExtension(nn.Module):
     @classmethod
     def fit_points(
         cls, kernel: Kernel, points: Tensor, num_modes: int | None = None
-    ) -> tuple[Tensor, "NystromExtension"]:
+    ) -> tuple[Tensor, NystromExtension]:
         """Top ``num_modes`` eigenpairs of ``K/n`` on ``points (n, d)`` in float64 (default: all with
         eigenvalue above ``1e-10`` times the largest): ``(eigenvalues (L,), extension)``."""
         points = points.double()
@@ -140,7 +139,7 @@ class NystromExtension(nn.Module):
         return w[:num_modes], cls(kernel, points, w[:num_modes], v[:, :num_modes])
 
 
-def nystrom(operator: "KernelOperator", num_points: int, num_modes: int, seed: int = 0) -> FitResult:
+def nystrom(operator: KernelOperator, num_points: int, num_modes: int, seed: int = 0) -> FitResult:
     """The Nyström baseline: eigendecomposition of ``K/n`` on ``num_points`` samples of the operator's
     measure plus the out-of-sample extension, returned as a :class:`~neuralsvd.FitResult` (no training
     history) that :func:`neuralsvd.evaluate` accepts like a trained model. Cost ``O(n³)``.

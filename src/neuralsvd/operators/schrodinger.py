@@ -27,8 +27,8 @@ from .. import quadrature as quad
 from .._validation import check_positive_int
 from ..autodiff import value_and_derivatives
 from ..sampling import Gaussian, Sampler
-from .multi_index import top_multi_indices
 from .base import Function, Operator, check_model_output
+from .multi_index import top_multi_indices
 
 __all__ = ["HarmonicOscillator", "Hydrogen2D", "Schrodinger"]
 
