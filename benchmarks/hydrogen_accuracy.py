@@ -45,7 +45,7 @@ VARIANTS: dict[str, Variant] = {
     "paper": Variant("hydrogen-paper", ("model.fourier_features=0",),
                      "the authors' recipe: RMSProp 1e-4, EMA 0.995, N(0, 16²), model = ψ/√p"),
     "ratio-gauss": Variant("hydrogen", (*_RATIO, "model.radial=False", *_GAUSS),
-                           "Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p (the session-1 preset)"),
+                           "Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p (the first hydrogen preset)"),
     "ratio-gauss-radial": Variant("hydrogen", (*_RATIO, *_GAUSS),
                                   "same + |x| as an input"),
     "psi-gauss": Variant("hydrogen", _GAUSS,

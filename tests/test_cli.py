@@ -22,7 +22,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_writes_outputs(tiny_run):
-    for name in ("config.json", "metrics.json", "eigenfunctions.png", "training_curve.png", "checkpoint.pt"):
+    for name in ("config.json", "metrics.json", "eigenfunctions.png", "training_curve.png", "checkpoint.pt",
+                 "history.csv", "result.pt"):
         assert (tiny_run / name).stat().st_size > 0, name
 
 

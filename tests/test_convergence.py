@@ -1,6 +1,6 @@
 """Long convergence runs against closed forms (marked slow: `python -m pytest -m slow`).
 
-The oscillator acceptance (issue 2): 2D H = -Δ + |x|², 10 modes (n ≤ 3), 10,000 steps at batch 128 with
+The oscillator acceptance: 2D H = -Δ + |x|², 10 modes (n ≤ 3), 10,000 steps at batch 128 with
 the `oscillator` preset: mean relative energy error ≤ 2e-2 and subspace distance (avg over shells)
 ≤ 5e-2, in each of 3 seeds. Energies alone hide mixing, so the subspace distance is asserted too.
 """
@@ -24,7 +24,7 @@ def test_oscillator_preset_converges(seed, tmp_path):
 
 
 def test_hydrogen_demo_meets_the_nine_mode_goal(tmp_path):
-    """The default `neuralsvd run hydrogen` demo (9 modes, issue 6's goal): mean relative energy error
+    """The default `neuralsvd run hydrogen` demo (9 modes, the accuracy goal): mean relative energy error
     ≤ 1e-2 (about 13 minutes on one core), the ground state to 1e-5, subspace distance (all) ≤ 1e-2, and
     every mode converged in the NestedLoRA sense (‖f‖²/λ within [0.5, 2])."""
     metrics = run(get_problem("hydrogen").default_config(), tmp_path, progress=False, echo=lambda s: None)

@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import autodiff, metrics, models, operators, quadrature, sampling
+from .artifacts import load
 from .evaluation import evaluate
 from .fit import DivergenceError, FitResult, fit
 from .losses import LossOutput, NestedLoRA, NeuralEF, SpectralLoss, SpIN
@@ -13,15 +14,15 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by kind
     # training
     "fit", "FitResult", "DivergenceError",
     # objectives
     "SpectralLoss", "LossOutput", "NestedLoRA", "SpIN", "NeuralEF",
     # operators
     "Operator", "CrossOperator",
-    # evaluation
-    "evaluate",
+    # evaluation and artifacts
+    "evaluate", "load",
     # submodules
     "autodiff", "metrics", "models", "operators", "quadrature", "sampling", "estimators",
     "__version__",

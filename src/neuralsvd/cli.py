@@ -1,16 +1,22 @@
-"""The ``neuralsvd`` command: ``neuralsvd run PROBLEM [...]``, ``neuralsvd compare PROBLEM [...]`` and
-``neuralsvd list``."""
+"""The ``neuralsvd`` command: ``neuralsvd run PROBLEM [...]``, ``neuralsvd compare PROBLEM [...]``,
+``neuralsvd list``, and for a finished run folder ``neuralsvd eval RUN_DIR --points X.npy --out Y.npy``
+and ``neuralsvd export RUN_DIR``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
+import torch
+
+from .artifacts import EXPORT_NAME, ArtifactError, export, load
+from .checkpoint import CheckpointError
 from .experiments import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, run
 from .experiments.compare import compare, comparison_table
-from .checkpoint import CheckpointError
 from .fit import DivergenceError
 
 DEFAULT_COMPARISON = "neuralsvd-seq,neuralsvd-joint,spin,neuralef"
@@ -32,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=1, help="number of seeds per method, from --seed (default 1)")
     _add_config_flags(c)
     c.add_argument("--out", required=True, help="output folder (<method>-seed<k>/, comparison.{json,md,png})")
+    e = sub.add_parser("eval", help="a finished run's eigenfunctions at new points (.npy in, .npy out)")
+    e.add_argument("run_dir", help="the folder of a finished `neuralsvd run`")
+    e.add_argument("--points", required=True, help="X.npy: points (n, d), or indices (n,) for finite operators")
+    e.add_argument("--out", required=True, help="Y.npy: the normalized eigenfunctions (n, L), float64")
+    e.add_argument("--right", action="store_true", help="SVD problems: the right singular functions")
+    x = sub.add_parser("export", help="compile a finished run's eigenfunctions with torch.export")
+    x.add_argument("run_dir", help="the folder of a finished `neuralsvd run`")
+    x.add_argument("--out", default=None, help=f"output file (default RUN_DIR/{EXPORT_NAME})")
+    x.add_argument("--right", action="store_true", help="SVD problems: the right singular functions")
     return parser
 
 
@@ -66,12 +81,42 @@ def _list() -> None:
         print(f"  {name:<16} {desc}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    result = load(args.run_dir)
+    points = torch.from_numpy(np.load(args.points, allow_pickle=False))
+    op = result.operator
+    if points.is_floating_point() and points.ndim == 1 and getattr(op, "dim", None) == 1:
+        points = points.unsqueeze(1)  # (n,) on a line: (n, 1)
+    values = result.right_functions(points) if args.right else result.eigenfunctions(points)
+    np.save(args.out, values.double().cpu().numpy())
+    what = "right singular functions" if args.right else "eigenfunctions"
+    print(f"{tuple(values.shape)} {what} written to {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    result = load(args.run_dir)
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.float64 if result.config.train.dtype == "float64" else torch.float32
+    if result.is_svd:
+        example = result.operator.sample_pair(8, gen, dtype)[1 if args.right else 0]
+    else:
+        example = result.operator.sample(8, gen, dtype)
+    path = export(result, args.out or Path(args.run_dir) / EXPORT_NAME, example, right=args.right)
+    print(f"torch.export program written to {path}; load it with torch.export.load(path).module()")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         _list()
         return 0
     try:
+        if args.command == "eval":
+            _eval(args)
+            return 0
+        if args.command == "export":
+            _export(args)
+            return 0
         if args.command == "compare":
             config = _config(args, None)
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -87,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
         out = args.out or f"runs/{config.problem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run(config, out, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, CheckpointError, ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
+    except (ArtifactError, ConfigError, CheckpointError, ValueError, TypeError, OSError, NotImplementedError) as err:
         print(f"neuralsvd: error: {err}", file=sys.stderr)
         return 2
     except DivergenceError as err:

@@ -22,7 +22,8 @@ RNG is left untouched).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
+from ._validation import check_positive_int
 from .fit import FitResult, fit
 from .losses import NestedLoRA
 from .models import ParallelMLP
@@ -40,7 +42,7 @@ from .operators.kernel import KernelOperator
 from .operators.kernels import Centered, make_kernel
 from .operators.paired import PairedSamples
 
-__all__ = ["NeuralEigenmap", "NeuralSpectralEmbedding", "NeuralCCA"]
+__all__ = ["NeuralCCA", "NeuralEigenmap", "NeuralSpectralEmbedding"]
 
 
 class _Standardize(nn.Module):
@@ -68,9 +70,7 @@ class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def _check_common(self, n_samples: int) -> None:
         for name in ("n_components", "steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.n_components >= n_samples:
             raise ValueError(f"n_components={self.n_components} must be below n_samples={n_samples}")
         if self.batch_size < 2:
@@ -86,7 +86,7 @@ class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             result = fit(make_model(), operator, NestedLoRA(num_modes, nesting=self.nesting),
                          steps=int(self.steps), batch_size=int(self.batch_size), lr=self.lr, seed=seed,
                          device=self.device, dtype=torch.float32, progress=self.verbose)
-        for module in result.model if isinstance(result.model, tuple) else (result.model,):
+        for module in result.decomposition.modules(result.model):
             module.double()  # trained in float32, evaluated in float64: transform is batch-independent
         return result
 
@@ -160,7 +160,7 @@ class NeuralEigenmap(_NeuralSpectral):
             raise ValueError(f"unknown kernel {self.kernel!r}; valid: {', '.join(params)} or a callable")
         return make_kernel(self.kernel, **params[self.kernel])
 
-    def fit(self, X: Any, y: Any = None) -> "NeuralEigenmap":
+    def fit(self, X: Any, y: Any = None) -> NeuralEigenmap:
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         self._check_common(X.shape[0])
         data = torch.tensor(X, dtype=torch.float64)
@@ -228,7 +228,7 @@ class NeuralSpectralEmbedding(_NeuralSpectral):
         self.activation, self.steps, self.batch_size, self.lr = activation, steps, batch_size, lr
         self.nesting, self.random_state, self.device, self.verbose = nesting, random_state, device, verbose
 
-    def fit(self, X: Any, y: Any = None) -> "NeuralSpectralEmbedding":
+    def fit(self, X: Any, y: Any = None) -> NeuralSpectralEmbedding:
         from sklearn.neighbors import kneighbors_graph
 
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
@@ -296,7 +296,7 @@ class NeuralCCA(_NeuralSpectral):
         tags.target_tags.required = True
         return tags
 
-    def fit(self, X: Any, Y: Any) -> "NeuralCCA":
+    def fit(self, X: Any, Y: Any) -> NeuralCCA:
         X, Y = validate_data(self, X, Y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
                              ensure_min_samples=2)
         Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from .fit import FitResult
 from .operators.base import Operator
 from .quadrature import Quadrature
+from .result import FitResult
 
 __all__ = ["evaluate", "inner_products"]
 
@@ -32,7 +32,7 @@ def inner_products(learned: Any, exact: Any, quad: Quadrature, num_modes: int, c
 
 
 def _float64_copy(result: FitResult) -> FitResult:
-    model = tuple(copy.deepcopy(m).double() for m in result.model) if result.is_svd else copy.deepcopy(result.model).double()
+    model = result.decomposition.convert(result.model, lambda m: copy.deepcopy(m).double())
     return dataclasses.replace(result, model=model)
 
 
@@ -87,7 +87,7 @@ def evaluate(result: FitResult, operator: Operator | None = None, quadrature: Qu
     except NotImplementedError:
         return out
     r64 = _float64_copy(result)
-    first = next(r64.model[0].parameters() if r64.is_svd else r64.model.parameters(), None)
+    first = next(r64.decomposition.primary(r64.model).parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     points = quad.points.to(device)
     quad = Quadrature(points, quad.weights.to(device))

@@ -18,15 +18,18 @@ of ``[-D, D]^d``.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_positive_int
 from .autodiff import jet_input, jet_product
 
-__all__ = ["ParallelMLP", "MLP", "Tabular", "ACTIVATIONS", "Activation"]
+__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Tabular"]
 
 
 class Activation(NamedTuple):
@@ -88,17 +91,15 @@ class _BatchedMLP(nn.Module):
         radial: bool = False,
     ):
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_modes", num_modes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_modes", num_modes)
         groups, out_features = (num_modes, 1) if self.disjoint else (1, num_modes)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; valid: {sorted(ACTIVATIONS)}")
         hidden = tuple(int(h) for h in hidden)
         if len(hidden) == 0 or min(hidden) < 1:
             raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
-        if isinstance(fourier_features, bool) or not isinstance(fourier_features, int) or fourier_features < 0:
-            raise ValueError(f"fourier_features must be an integer >= 0, got {fourier_features!r}")
+        check_positive_int("fourier_features", fourier_features, 0)
         scales = list(envelope_scale) if isinstance(envelope_scale, (tuple, list)) else [envelope_scale] * num_modes
         if envelope and len(scales) != num_modes:
             raise ValueError(f"envelope_scale must be one number or {num_modes} (one per mode), got {envelope_scale!r}")
@@ -125,7 +126,7 @@ class _BatchedMLP(nn.Module):
         self.first_weight = nn.Parameter(torch.randn(width_in, groups, hidden[0]) * math.sqrt(2.0 / width_in))
         self.first_bias = nn.Parameter(torch.zeros(groups, 1, hidden[0]))
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(groups, a, b) * math.sqrt(2.0 / a)) for a, b in zip(widths[1:], widths[2:])
+            nn.Parameter(torch.randn(groups, a, b) * math.sqrt(2.0 / a)) for a, b in itertools.pairwise(widths[1:])
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(groups, 1, b)) for b in widths[2:])
         self.out_weight = nn.Parameter(torch.randn(groups, hidden[-1], out_features) * math.sqrt(2.0 / hidden[-1]))
@@ -143,6 +144,18 @@ class _BatchedMLP(nn.Module):
             raise ValueError(f"expected x of shape (n, {self.in_features}), got {tuple(x.shape)}")
 
     # -- forward, optionally with a jet (value, gradient, Laplacian) -----------------------------------
+    def mode_axes(self) -> dict[str, int | None]:
+        """Per parameter, the axis along which slice ``m`` feeds output ``m`` only, or None when shared
+        by several modes (used by :class:`~neuralsvd.SpIN` to store Jacobian averages compactly).
+        Disjoint networks: every parameter, along the network axis (``(in, L, hidden)`` for the first
+        weight, ``(L, ...)`` elsewhere). Shared trunk: the output layer ``(1, hidden, L)``, ``(1, 1, L)``
+        and the envelope scales ``(L,)``."""
+        names = [name for name, _ in self.named_parameters()]
+        if self.disjoint:
+            return {name: 1 if name == "first_weight" else 0 for name in names}
+        per_mode = {"out_weight": 2, "out_bias": 2, "log_envelope_scale": 0}
+        return {name: per_mode.get(name) for name in names}
+
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
 
@@ -305,11 +318,14 @@ class Tabular(nn.Module):
 
     def __init__(self, num_points: int, num_modes: int, init_std: float = 0.1):
         super().__init__()
-        for name, value in (("num_points", num_points), ("num_modes", num_modes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("num_points", num_points)
+        check_positive_int("num_modes", num_modes)
         self.num_points, self.num_modes = num_points, num_modes
         self.table = nn.Parameter(init_std * torch.randn(num_points, num_modes))
+
+    def mode_axes(self) -> dict[str, int | None]:
+        """The table ``(points, L)``: column ``m`` is mode ``m``."""
+        return {"table": 1}
 
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):

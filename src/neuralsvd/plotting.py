@@ -12,8 +12,9 @@ Procrustes (:func:`aligned_eigenfunctions`), with inner products from the operat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,16 +22,21 @@ from torch import Tensor
 
 from . import metrics
 from .evaluation import _chunked, _float64_copy, inner_products
-from .fit import FitResult
 from .operators.base import Operator
 from .quadrature import Quadrature
+from .result import FitResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["aligned_eigenfunctions", "plot_eigenfunctions", "plot_training_curve", "plot_comparison",
-           "COMPARISON_METRICS"]
+__all__ = [
+    "COMPARISON_METRICS",
+    "aligned_eigenfunctions",
+    "plot_comparison",
+    "plot_eigenfunctions",
+    "plot_training_curve",
+]
 
 #: resolution of saved PNGs
 DPI = 110
@@ -79,7 +85,7 @@ def _float64_learned(result: FitResult, op: Operator) -> tuple[Function, Quadrat
     """The learned eigenfunctions of a float64 copy of the model, and ``op``'s quadrature on its device
     (float64 weights; points keep their dtype, e.g. indices for finite operators)."""
     r64 = _float64_copy(result)
-    module = r64.model[0] if r64.is_svd else r64.model
+    module = r64.decomposition.primary(r64.model)
     param = next(module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     quad = op.quadrature()
@@ -143,7 +149,7 @@ def _mass_extent(points: Tensor, weights: Tensor, values: Tensor) -> float:
 
 
 def _spatial_dim(result: FitResult, op: Operator) -> int:
-    module = result.model[0] if result.is_svd else result.model
+    module = result.decomposition.primary(result.model)
     dim = getattr(op, "dim", None) or getattr(module, "in_features", None)
     if dim not in (1, 2):
         raise ValueError(f"plot_eigenfunctions draws problems on R^1 or R^2; {type(op).__name__} has "

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from .evaluation import _chunked
-from .fit import FitResult
 from .operators.base import Operator
 from .plotting import (
     CHUNK,
@@ -26,6 +25,7 @@ from .plotting import (
     _save,
     aligned_eigenfunctions,
 )
+from .result import FitResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,17 +12,14 @@ Randomness comes only from the ``torch.Generator`` passed in; its device decides
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["Sampler", "Gaussian", "RadialExponential", "TruncatedGaussian", "UniformBox", "Mixture", "Index"]
+from ._validation import check_positive_int
 
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+__all__ = ["Gaussian", "Index", "Mixture", "RadialExponential", "Sampler", "TruncatedGaussian", "UniformBox"]
 
 
 class Sampler:
@@ -54,6 +51,11 @@ class Sampler:
                 lap = lap + g2[:, i]
         return u.detach(), grad.detach(), lap.detach()
 
+    def is_population(self, n: int) -> bool:
+        """Whether :meth:`sample` with ``n`` draws the whole (finite) support exactly once, so that batch
+        averages are exact population moments. False for every continuous distribution."""
+        return False
+
     def _device(self, generator: torch.Generator | None) -> torch.device:
         return generator.device if generator is not None else torch.device("cpu")
 
@@ -62,7 +64,7 @@ class Gaussian(Sampler):
     """Isotropic (or per-axis) Gaussian ``N(mean, diag(std²))`` on ``R^dim``."""
 
     def __init__(self, dim: int, std: float | Sequence[float] = 1.0, mean: float = 0.0):
-        _check_positive_int("dim", dim)
+        check_positive_int("dim", dim)
         std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
         if std_t.numel() not in (1, dim) or not bool((std_t > 0).all() & torch.isfinite(std_t).all()):
             raise ValueError(f"std must be a positive finite float or a sequence of {dim} of them, got {std!r}")
@@ -71,7 +73,7 @@ class Gaussian(Sampler):
         self.mean = float(mean)
 
     def sample(self, n, generator=None, dtype=None):
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         dtype = dtype or torch.get_default_dtype()
         z = torch.randn(n, self.dim, generator=generator, device=self._device(generator), dtype=dtype)
         return self.mean + z * self.std.to(z)
@@ -100,7 +102,7 @@ class RadialExponential(Sampler):
     """
 
     def __init__(self, dim: int, scale: float = 1.0):
-        _check_positive_int("dim", dim)
+        check_positive_int("dim", dim)
         if not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
         self.dim, self.scale = dim, float(scale)
@@ -108,7 +110,7 @@ class RadialExponential(Sampler):
         self._log_norm = dim * math.log(self.scale) + math.lgamma(dim) + log_sphere
 
     def sample(self, n, generator=None, dtype=None):
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         dtype = dtype or torch.get_default_dtype()
         device = self._device(generator)
         # Gamma(d, a) radius as a sum of d exponentials; uniform direction from a normalized Gaussian
@@ -141,7 +143,7 @@ class TruncatedGaussian(Gaussian):
         self._log_mass = torch.log(mass).sum()
 
     def sample(self, n, generator=None, dtype=None):
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         dtype = dtype or torch.get_default_dtype()
         std = self.std.to(dtype=torch.float64)
         lo = torch.special.ndtr(torch.as_tensor(-self.bound, dtype=torch.float64) / std)  # (d,)
@@ -160,13 +162,13 @@ class UniformBox(Sampler):
     """Uniform distribution on ``[-bound, bound]^dim``."""
 
     def __init__(self, dim: int, bound: float):
-        _check_positive_int("dim", dim)
+        check_positive_int("dim", dim)
         if not (isinstance(bound, (int, float)) and 0 < bound < math.inf):
             raise ValueError(f"bound must be a positive finite number, got {bound!r}")
         self.dim, self.bound = dim, float(bound)
 
     def sample(self, n, generator=None, dtype=None):
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         dtype = dtype or torch.get_default_dtype()
         u = torch.rand(n, self.dim, generator=generator, device=self._device(generator), dtype=dtype)
         return (2 * u - 1) * self.bound
@@ -200,7 +202,7 @@ class Mixture(Sampler):
         self.components, self.weights, self.dim = list(components), w / w.sum(), dims.pop()
 
     def sample(self, n, generator=None, dtype=None):
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         which = torch.multinomial(self.weights.to(self._device(generator)), n, replacement=True, generator=generator)
         xs = torch.stack([c.sample(n, generator, dtype) for c in self.components])  # (K, n, d)
         return xs[which, torch.arange(n, device=which.device)]
@@ -222,15 +224,19 @@ class Index(Sampler):
     dim = 1
 
     def __init__(self, num_points: int, replacement: bool = False):
-        _check_positive_int("num_points", num_points)
+        check_positive_int("num_points", num_points)
         self.num_points, self.replacement = num_points, bool(replacement)
 
     def sample(self, n, generator=None, dtype=None):
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         device = self._device(generator)
         if self.replacement:
             return torch.randint(self.num_points, (n,), generator=generator, device=device)
         return torch.randperm(self.num_points, generator=generator, device=device)[:n]
+
+    def is_population(self, n: int) -> bool:
+        """Without replacement, ``n >= num_points`` draws every index exactly once (in random order)."""
+        return not self.replacement and n >= self.num_points
 
     def log_prob(self, x):
         return torch.full(x.shape[:1], -math.log(self.num_points), dtype=torch.get_default_dtype(), device=x.device)

@@ -1,8 +1,32 @@
-"""Named experiments (presets), their configuration and the end-to-end runner behind the CLI."""
+"""Named experiments (presets), their configuration and the end-to-end runner behind the CLI.
 
-from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
-from .presets import METHODS, PROBLEMS, build_model, get_problem, make_loss, make_model, make_operator
+:mod:`.registry` holds the problems and methods; :mod:`.presets` (Schrödinger problems) and
+:mod:`.data_presets` (kernels, graphs, paired samples) register into it when this package is imported.
+"""
+
+# register the problems, the Schrödinger presets first (the order of `neuralsvd list`)
+from . import presets  # noqa: F401
+
+# isort: split
+from . import data_presets  # noqa: F401
+
+# isort: split
+from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, fit_options
+from .registry import METHODS, PROBLEMS, build_model, get_problem, make_loss, make_model, make_operator
 from .run import run
 
-__all__ = ["ExperimentConfig", "ModelConfig", "TrainConfig", "ConfigError", "PROBLEMS", "METHODS", "get_problem",
-           "make_loss", "make_model", "build_model", "make_operator", "run"]
+__all__ = [
+           "METHODS",
+           "PROBLEMS",
+           "ConfigError",
+           "ExperimentConfig",
+           "ModelConfig",
+           "TrainConfig",
+           "build_model",
+           "fit_options",
+           "get_problem",
+           "make_loss",
+           "make_model",
+           "make_operator",
+           "run",
+]

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import plotting
+from .._validation import check_positive_int
 from ..fit import DivergenceError
 from .config import ConfigError, ExperimentConfig
-from .presets import METHODS
+from .registry import METHODS
 from .run import NULL_ON_FAILURE, run
 
 __all__ = ["compare", "comparison_table"]
@@ -51,8 +53,10 @@ def compare(config: ExperimentConfig, methods: Sequence[str], out_dir: str | Pat
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown or list(methods)}; "
                           f"valid methods: {', '.join(METHODS)}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+    try:
+        check_positive_int("seeds", seeds)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out_dir = Path(out_dir)
     records = []
     for method in methods:

@@ -7,7 +7,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "ConfigError"]
+import torch
+
+__all__ = ["DTYPES", "RUN_OPTIONS", "ConfigError", "ExperimentConfig", "ModelConfig", "TrainConfig", "fit_options"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: options of :func:`neuralsvd.fit` that the runner sets itself (not configuration)
+RUN_OPTIONS = ("checkpoint_dir", "resume", "progress", "callback")
 
 
 class ConfigError(ValueError):
@@ -31,7 +37,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Arguments of :func:`neuralsvd.fit` (see there)."""
+    """Options of :func:`neuralsvd.fit` (see there), by the same names; :func:`fit_options` turns them
+    into its keyword arguments. ``dtype`` is a name (``"float32"``, ``"float64"``)."""
 
     steps: int = 10_000
     batch_size: int = 128
@@ -45,6 +52,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_batches: int = 64
     readout: str = "rayleigh"
+    eval_batch_size: Any = None
+    max_rollbacks: int = 3
+    lr_backoff: float = 0.5
 
 
 @dataclass
@@ -66,13 +76,13 @@ class ExperimentConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
         d = dict(d)
-        model = ModelConfig(**{**d.pop("model", {})})
+        model = ModelConfig(**d.pop("model", {}))
         model.hidden = tuple(model.hidden)
         return cls(model=model, train=TrainConfig(**d.pop("train", {})), **d)
 
-    def with_overrides(self, overrides: list[str]) -> "ExperimentConfig":
+    def with_overrides(self, overrides: list[str]) -> ExperimentConfig:
         """Apply ``key=value`` strings. Keys are dotted (``train.lr``, ``model.hidden``,
         ``operator.sampler_std``) or a bare field name when it is unique (``lr``). Values are Python
         literals (``1e-3``, ``(64, 64)``, ``True``, ``None``) or bare strings (``rmsprop``)."""
@@ -93,7 +103,7 @@ class ExperimentConfig:
         return cfg
 
     @staticmethod
-    def _resolve(cfg: "ExperimentConfig", key: str) -> tuple[str | None, str]:
+    def _resolve(cfg: ExperimentConfig, key: str) -> tuple[str | None, str]:
         top = {f.name for f in dataclasses.fields(cfg)} - {"operator", "model", "train"}
         sections = {"model": {f.name for f in dataclasses.fields(cfg.model)},
                     "train": {f.name for f in dataclasses.fields(cfg.train)},
@@ -153,3 +163,14 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     if isinstance(current, str) and not isinstance(value, str):
         raise ConfigError(f"{key} expects a string, got {value!r}")
     return value
+
+
+def fit_options(config: ExperimentConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`neuralsvd.fit` that ``config`` sets: every :class:`TrainConfig`
+    field by name (``dtype`` resolved to a torch dtype) plus the top-level ``seed`` and ``device``. The
+    runner adds :data:`RUN_OPTIONS`."""
+    options = dataclasses.asdict(config.train)
+    if options["dtype"] not in DTYPES:
+        raise ConfigError(f"unknown dtype {options['dtype']!r}; valid: {', '.join(DTYPES)}")
+    options["dtype"] = DTYPES[options["dtype"]]
+    return {**options, "seed": config.seed, "device": config.device}

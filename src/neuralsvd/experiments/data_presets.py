@@ -1,5 +1,5 @@
-"""Problems defined by data: kernel integral operators, graphs and paired samples (merged into
-:data:`~neuralsvd.experiments.presets.PROBLEMS`).
+"""Problems defined by data: kernel integral operators, graphs and paired samples (registered into
+:data:`~neuralsvd.experiments.registry.PROBLEMS`).
 
 * ``rbf-gaussian``: RBF kernel under a Gaussian measure, closed form (GPML §4.3.1).
 * ``cycle-graph``: normalized adjacency of the cycle graph (Laplacian eigenmaps), closed form.
@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from .. import operators
-from ..fit import FitResult
 from ..models import Tabular
 from ..operators.base import Operator
 from ..operators.paired import cross_view_retrieval
+from ..result import FitResult
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
-from .presets import Problem
+from .registry import Problem, make_model, register
 
 __all__ = ["DATA_PROBLEMS", "digits_views", "two_view_retrieval"]
 
@@ -42,7 +42,7 @@ def _rbf_gaussian() -> ExperimentConfig:
     return ExperimentConfig(
         problem="rbf-gaussian",
         modes=8,
-        operator=dict(dim=1, gamma=2.0, std=1.0),
+        operator={"dim": 1, "gamma": 2.0, "std": 1.0},
         model=ModelConfig(hidden=(64, 64), activation="sin"),
         train=TrainConfig(steps=12_000, batch_size=512, optimizer="adam", lr=1e-3, schedule="cosine"),
     )
@@ -61,7 +61,7 @@ def _cycle_graph() -> ExperimentConfig:
     return ExperimentConfig(
         problem="cycle-graph",
         modes=9,
-        operator=dict(n=64, normalized=True),
+        operator={"n": 64, "normalized": True},
         train=TrainConfig(steps=3000, batch_size=256, optimizer="adam", lr=3e-2, schedule="cosine"),
     )
 
@@ -82,7 +82,7 @@ def _gaussian_pairs() -> ExperimentConfig:
     return ExperimentConfig(
         problem="gaussian-pairs",
         modes=7,
-        operator=dict(rho=0.8, proposal_scale=2.0),
+        operator={"rho": 0.8, "proposal_scale": 2.0},
         model=ModelConfig(hidden=(64, 64), activation="sin"),
         train=TrainConfig(steps=6000, batch_size=512, optimizer="adam", lr=1e-3, schedule="cosine"),
     )
@@ -98,8 +98,6 @@ def _pinned_pair(config: ExperimentConfig, operator: Operator) -> tuple[nn.Modul
         raise ConfigError(
             f"paired problems need modes >= 2 (the pinned constant and at least one more), got {config.modes}"
         )
-    from .presets import make_model  # presets imports this module while it is being defined
-
     rest = dataclasses.replace(config, modes=config.modes - 1)
     return operator.pinned_models(make_model(rest, operator.dim_x), make_model(rest, operator.dim_y))
 
@@ -139,7 +137,7 @@ def _digits_views() -> ExperimentConfig:
     return ExperimentConfig(
         problem="digits-views",
         modes=9,
-        operator=dict(train_size=1000, split_seed=0),
+        operator={"train_size": 1000, "split_seed": 0},
         model=ModelConfig(hidden=(64, 64), activation="sin"),
         train=TrainConfig(steps=3000, batch_size=256, optimizer="adam", lr=1e-3, schedule="cosine"),
     )
@@ -211,7 +209,7 @@ def _plot_nodes(result: FitResult, config: ExperimentConfig, path: Path) -> None
     plot_node_functions(result, path=path)
 
 
-DATA_PROBLEMS: dict[str, Problem] = {
+DATA_PROBLEMS: dict[str, Problem] = {  # also in the registry, see the end of the module
     p.name: p
     for p in (
         Problem(
@@ -246,3 +244,5 @@ DATA_PROBLEMS: dict[str, Problem] = {
         ),
     )
 }
+
+register(*DATA_PROBLEMS.values())

@@ -1,37 +1,21 @@
-"""Named problems and methods: the registry behind ``neuralsvd run`` and ``neuralsvd list``."""
+"""Schrödinger problems (hydrogen, oscillator), registered into :mod:`.registry`.
+
+The registry's names (``PROBLEMS``, ``METHODS``, ``get_problem``, the builders) are re-exported here for
+code that imported them from this module.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from torch import nn
-
-from .. import models, operators, sampling
-from ..losses import NestedLoRA, NeuralEF, SpectralLoss, SpIN
+from .. import operators, sampling
 from ..operators.base import Operator
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
+from .registry import (METHODS, PROBLEMS, Problem, build_model, get_problem, make_loss, make_model,  # noqa: F401
+                       make_operator, register, spread_envelope_scales)
 
-__all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "build_model", "make_operator"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A named experiment: a one-line description, default configuration, operator builder and,
-    optionally, a model builder ``(config, operator) -> model`` (default: :func:`make_model` on the
-    operator's input dimension; SVD problems return a ``(left, right)`` pair), extra metrics and its own
-    eigenfunction figure."""
-
-    name: str
-    description: str
-    default_config: Callable[[], ExperimentConfig]
-    build_operator: Callable[[dict[str, Any]], Operator]
-    build_model: Callable[[ExperimentConfig, Operator], Any] | None = None
-    #: ``(result, config) -> dict`` of extra metrics.json fields
-    extra_metrics: Callable[[Any, ExperimentConfig], dict[str, Any]] | None = None
-    #: ``(result, config, path)`` drawing eigenfunctions.png where the 1D/2D grid plot does not apply
-    plot: Callable[[Any, ExperimentConfig, Any], None] | None = None
+__all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "build_model", "make_operator",
+           "spread_envelope_scales"]
 
 
 def _as_list(value: Any) -> list:
@@ -77,14 +61,6 @@ def _hydrogen_paper() -> ExperimentConfig:
     )
 
 
-def spread_envelope_scales(num_modes: int, base: float = 1.2) -> tuple[float, ...]:
-    """Initial envelope scales ``s_l = base (1 + 2 sqrt(l))``: later modes extend further.
-
-    A prior for Coulomb-like problems, whose ``l``-th state lies in shell ``n ≈ sqrt(l)`` and decays like
-    ``e^{-r/(2n+1)}``; it errs on the wide side (an MLP can add decay, it cannot add growth)."""
-    return tuple(round(base * (1 + 2 * math.sqrt(l)), 3) for l in range(num_modes))
-
-
 def _hydrogen() -> ExperimentConfig:
     """The CPU demo: 9 modes (n ≤ 2), see docs/hydrogen-study.md for the levers and their numbers.
 
@@ -122,75 +98,11 @@ def _oscillator() -> ExperimentConfig:
     )
 
 
-PROBLEMS: dict[str, Problem] = {
-    p.name: p
-    for p in (
-        Problem("hydrogen", "2D hydrogen atom H = -Δ - 1/|x| (default 9 modes, n ≤ 2; --modes 16 for n ≤ 3)",
-                _hydrogen, _hydrogen_operator),
-        Problem("hydrogen-paper", "2D hydrogen with the authors' full recipe (16 modes, RMSProp 1e-4, 500k steps)",
-                _hydrogen_paper, _hydrogen_operator),
-        Problem("oscillator", "2D harmonic oscillator H = -Δ + |x|² (default 10 modes, n ≤ 3)",
-                _oscillator, _oscillator_operator),
-    )
-}
-
-METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
-    "neuralsvd-seq": ("NestedLoRA, sequential nesting, control-variate moments where unbiased (the default)",
-                      lambda L: NestedLoRA(L, nesting="sequential")),
-    "neuralsvd-joint": ("NestedLoRA, joint nesting (uniform weights), control-variate moments where unbiased",
-                        lambda L: NestedLoRA(L, nesting="joint")),
-    "neuralsvd-seq-paper": ("NestedLoRA, sequential nesting, the paper's plain half-batch moments",
-                            lambda L: NestedLoRA(L, nesting="sequential", control_variate=False)),
-    "neuralsvd-joint-paper": ("NestedLoRA, joint nesting, the paper's plain half-batch moments",
-                              lambda L: NestedLoRA(L, nesting="joint", control_variate=False)),
-    "spin": ("SpIN baseline (Pfau et al. 2019): whitened trace, masked gradient, moving averages (decay 0.01)",
-             lambda L: SpIN(L, decay=0.01)),
-    "neuralef": ("NeuralEF baseline (Deng et al. 2022): batch-normalized outputs, asymmetric deflation",
-                 lambda L: NeuralEF(L)),
-    "neuralef-unbiased": ("NeuralEF, μ-EigenGame variant (the NeuralSVD paper's baseline): half-batch overlaps",
-                          lambda L: NeuralEF(L, unbiased=True)),
-}
-
-
-def _register_data_problems() -> None:
-    from .data_presets import DATA_PROBLEMS  # problems defined by data (kernels, graphs, paired samples)
-
-    PROBLEMS.update(DATA_PROBLEMS)
-
-
-_register_data_problems()
-
-
-def get_problem(name: str) -> Problem:
-    if name not in PROBLEMS:
-        raise ConfigError(f"unknown problem {name!r}; valid problems: {', '.join(PROBLEMS)}")
-    return PROBLEMS[name]
-
-
-def make_loss(method: str, num_modes: int) -> SpectralLoss:
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    return METHODS[method][1](num_modes)
-
-
-def make_operator(config: ExperimentConfig) -> Operator:
-    return get_problem(config.problem).build_operator(config.operator)
-
-
-def build_model(config: ExperimentConfig, operator: Operator) -> Any:
-    """The model(s) for ``config``: the problem's own builder, else :func:`make_model`."""
-    problem = get_problem(config.problem)
-    if problem.build_model is not None:
-        return problem.build_model(config, operator)
-    return make_model(config, operator.dim)
-
-
-def make_model(config: ExperimentConfig, in_features: int) -> nn.Module:
-    m = config.model
-    kinds = {"parallel_mlp": models.ParallelMLP, "mlp": models.MLP}
-    if m.kind not in kinds:
-        raise ConfigError(f"unknown model kind {m.kind!r}; valid: {', '.join(kinds)}")
-    scale = spread_envelope_scales(config.modes) if m.envelope_scale == "spread" else m.envelope_scale
-    return kinds[m.kind](in_features, config.modes, hidden=m.hidden, activation=m.activation,
-                         fourier_features=m.fourier_features, fourier_scale=m.fourier_scale,
-                         envelope=m.envelope, envelope_scale=scale, box=m.box, radial=m.radial)
+register(
+    Problem("hydrogen", "2D hydrogen atom H = -Δ - 1/|x| (default 9 modes, n ≤ 2; --modes 16 for n ≤ 3)",
+            _hydrogen, _hydrogen_operator),
+    Problem("hydrogen-paper", "2D hydrogen with the authors' full recipe (16 modes, RMSProp 1e-4, 500k steps)",
+            _hydrogen_paper, _hydrogen_operator),
+    Problem("oscillator", "2D harmonic oscillator H = -Δ + |x|² (default 10 modes, n ≤ 3)",
+            _oscillator, _oscillator_operator),
+)

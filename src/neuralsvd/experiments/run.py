@@ -1,8 +1,9 @@
 """Run a configured experiment end to end and write its outputs to a folder.
 
 Outputs in ``out_dir``: ``config.json`` (the resolved configuration), ``checkpoint.pt`` (written by
-:func:`neuralsvd.fit` during and after training), ``metrics.json`` (fields: see DESIGN §3),
-``eigenfunctions.png`` and ``training_curve.png``.
+:func:`neuralsvd.fit` during and after training), ``result.pt`` (the trained result, for
+:func:`neuralsvd.load`), ``metrics.json`` (fields: see DESIGN §3), ``history.csv`` (per-step loss and
+eigenvalue estimates), ``eigenfunctions.png`` and ``training_curve.png``.
 """
 
 from __future__ import annotations
@@ -10,19 +11,19 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from .. import artifacts
 from ..evaluation import evaluate
 from ..fit import DivergenceError, fit
-from .config import ConfigError, ExperimentConfig
-from .presets import build_model, get_problem, make_loss, make_operator
+from .config import DTYPES, ConfigError, ExperimentConfig, fit_options
+from .registry import build_model, get_problem, make_loss, make_operator
 
-__all__ = ["run", "summary_table"]
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+__all__ = ["DTYPES", "run", "summary_table"]
 #: metrics.json fields that are null when a run diverged
 NULL_ON_FAILURE = ("wall_seconds", "steps_per_second", "eigenvalues", "exact_eigenvalues",
                    "eigenvalue_relative_error", "mean_eigenvalue_relative_error", "angle_distance",
@@ -39,7 +40,10 @@ def _check_resume(out_dir: Path, config: ExperimentConfig) -> None:
     path = out_dir / "config.json"
     if not path.exists():
         raise ConfigError(f"--resume: no config.json in {out_dir}; nothing to resume")
-    old = json.loads(path.read_text())
+    try:  # through the dataclasses: fields added since the run was written take their defaults
+        old = json.loads(json.dumps(ExperimentConfig.from_dict(json.loads(path.read_text())).to_dict()))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--resume: {path} is not a configuration of this version: {err}") from None
     new = json.loads(json.dumps(config.to_dict()))  # tuples become lists, as in the file
     for d in (old, new):
         d["train"] = {k: v for k, v in d["train"].items() if k != "steps"}
@@ -82,8 +86,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
         echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, evaluate and write the outputs of ``config`` into ``out_dir``; returns the metrics."""
     out_dir = Path(out_dir)
-    if config.train.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {config.train.dtype!r}; valid: {', '.join(DTYPES)}")
+    options = fit_options(config)
     loss = make_loss(config.method, config.modes)
     operator = make_operator(config)
     if resume:
@@ -96,11 +99,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     header = {"problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
               "batch_size": t.batch_size, "seed": config.seed, "device": config.device}
     try:
-        result = fit(model, operator, loss, steps=t.steps, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-                     schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay, seed=config.seed,
-                     device=config.device, dtype=DTYPES[t.dtype], checkpoint_dir=out_dir,
-                     checkpoint_every=t.checkpoint_every, resume=resume, progress=progress, log_every=t.log_every,
-                     eval_batches=t.eval_batches, readout=t.readout)
+        result = fit(model, operator, loss, **options, checkpoint_dir=out_dir, resume=resume, progress=progress)
     except DivergenceError as err:  # never write NaN up as a result
         _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
                                                 **dict.fromkeys(NULL_ON_FAILURE)})
@@ -117,6 +116,8 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
         **report,
     }
     _write_json(out_dir / "metrics.json", metrics)
+    artifacts.save(result, out_dir)
+    artifacts.write_history(result.history, out_dir / "history.csv")
     from .. import plotting
 
     if problem.plot is not None:

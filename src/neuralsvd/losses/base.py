@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ..autodiff import laplacian
 
-__all__ = ["SpectralLoss", "LossOutput", "LinearReadout", "prescribed_gradient", "evd_only_error"]
+__all__ = [
+    "LinearReadout",
+    "LossOutput",
+    "SpectralLoss",
+    "SplitHalves",
+    "evd_only_error",
+    "prescribed_gradient",
+    "split_halves",
+    "warn_if_biased",
+]
 
 
 @dataclass
@@ -46,12 +57,20 @@ class SpectralLoss(nn.Module):
     #: whether at the optimum mode ``l``'s squared norm ``‖f_l‖²`` (SVD: ``‖f_l‖ ‖g_l‖``) equals its
     #: eigenvalue (NestedLoRA); :func:`~neuralsvd.fit` then flags modes far from it as unconverged
     norms_are_eigenvalues: bool = False
+    #: whether every batch is the whole finite population (set by :meth:`use_population_batches`)
+    population_batches: bool = False
 
     def __init__(self, num_modes: int):
         super().__init__()
-        if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
-            raise ValueError(f"num_modes must be a positive integer (L >= 1), got {num_modes!r}")
-        self.num_modes = num_modes
+        self.num_modes = check_positive_int("num_modes", num_modes)
+
+    def use_population_batches(self, population: bool) -> None:
+        """Called by :func:`~neuralsvd.fit` before training: ``population`` says whether every batch is
+        the whole finite population (a dense or graph operator with ``batch_size >= n``, no replacement),
+        where exact full-batch moments replace split-half estimates. Losses with a split option choose
+        it here (``unbiased=None``: split unless the batch is the population) and warn about settings
+        known to bias the result. A standalone call of the loss (no ``fit``) assumes sampled batches."""
+        self.population_batches = bool(population)
 
     @property
     def min_batch_size(self) -> int:
@@ -89,6 +108,53 @@ class SpectralLoss(nn.Module):
 
     def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
         raise evd_only_error(self)
+
+
+class SplitHalves:
+    """Mixin for a :class:`SpectralLoss` with a split option ``unbiased`` (True, False or None for
+    automatic): :attr:`split` says whether this step estimates second moments from two halves of the
+    batch, and :meth:`use_population_batches` warns about settings known to bias the result."""
+
+    unbiased: bool | None
+    population_batches: bool
+    #: whether using the whole batch twice biases estimates on sampled batches (then warned about)
+    whole_batch_biased: bool = True
+
+    @property
+    def split(self) -> bool:
+        return split_halves(self.unbiased, self.population_batches)
+
+    @property
+    def min_batch_size(self) -> int:
+        return 2 if self.split else 1
+
+    def use_population_batches(self, population: bool) -> None:
+        super().use_population_batches(population)  # type: ignore[misc]
+        warn_if_biased(self, self.unbiased, self.population_batches, self.whole_batch_biased)
+
+
+def split_halves(unbiased: bool | None, population: bool) -> bool:
+    """Whether a loss with a split option (``unbiased``: True, False or None for automatic) estimates
+    second moments from two halves of the batch: forced by True/False; automatic: unless the batch is
+    the population (there the full batch gives exact moments, and halves drawn without replacement are
+    not independent)."""
+    return (not population) if unbiased is None else unbiased
+
+
+def warn_if_biased(loss: SpectralLoss, unbiased: bool | None, population: bool, sampled_bias: bool) -> None:
+    """Warn where an explicit ``unbiased`` setting is known to bias the result: halves of a finite
+    population (``unbiased=True``), or the whole batch twice on random minibatches (``unbiased=False``,
+    when ``sampled_bias``)."""
+    name = type(loss).__name__
+    if unbiased is True and population:
+        warnings.warn(f"{name}(unbiased=True) splits a batch that is the whole finite population: the halves "
+                      "are not independent, which biases the result; the default (unbiased=None) uses the "
+                      "exact full-batch moments there", RuntimeWarning, stacklevel=3)
+    if unbiased is False and not population and sampled_bias:
+        warnings.warn(f"{name}(unbiased=False) on random minibatches biases the second-moment term (its "
+                      "optimum is not the eigenfunctions); the default (unbiased=None) splits sampled "
+                      "batches and uses exact moments only when the batch is the whole population",
+                      RuntimeWarning, stacklevel=3)
 
 
 def evd_only_error(loss: SpectralLoss) -> NotImplementedError:

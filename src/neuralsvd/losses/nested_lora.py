@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import LossOutput, SpectralLoss
+from .base import LossOutput, SpectralLoss, SplitHalves
 
 __all__ = ["NestedLoRA"]
 
@@ -70,15 +70,17 @@ class _NestedLoRAFunction(torch.autograd.Function):
         return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None, None
 
 
-class NestedLoRA(SpectralLoss):
+class NestedLoRA(SplitHalves, SpectralLoss):
     """The NeuralSVD objective with joint or sequential nesting.
 
     Args:
         num_modes: ``L``.
         nesting: ``"sequential"`` (default; the paper's best) or ``"joint"``.
         weights: positive nesting weights ``w`` for joint nesting (default uniform ``1/L``).
-        unbiased: split the batch in halves for the second-moment term (default). ``False`` uses the
-            whole batch twice: biased for random minibatches, exact when the batch is the population.
+        unbiased: ``None`` (default, automatic): split sampled batches in halves for the second-moment
+            term (unbiased), and use the whole batch when it is the finite population (exact; ``fit``
+            tells the loss, see :meth:`use_population_batches`). ``True`` always splits, ``False`` never
+            (biased for random minibatches; both warn where they bias the result).
         control_variate: estimate the off-diagonal second moments with the self-adjointness control
             variate (see :func:`control_variate_moments`): ``None`` (default) turns it on whenever
             :meth:`prepare` is told the operator allows it (self-adjoint with pointwise ``Tf``, EVD); ``True``
@@ -92,7 +94,7 @@ class NestedLoRA(SpectralLoss):
     norms_are_eigenvalues = True
 
     def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
-                 unbiased: bool = True, control_variate: bool | None = None, cv_decay: float = 0.99):
+                 unbiased: bool | None = None, control_variate: bool | None = None, cv_decay: float = 0.99):
         super().__init__(num_modes)
         if nesting not in ("joint", "sequential"):
             raise ValueError(f"unknown nesting {nesting!r}; valid: 'joint', 'sequential'")
@@ -109,7 +111,7 @@ class NestedLoRA(SpectralLoss):
         v = w.flip(0).cumsum(0).flip(0)  # v_l = Σ_{i≥l} w_i
         idx = torch.arange(L)
         m = v[torch.maximum(idx[:, None], idx[None, :])]  # M_lm = v_max(l,m)
-        self.nesting, self.unbiased = nesting, bool(unbiased)
+        self.nesting, self.unbiased = nesting, None if unbiased is None else bool(unbiased)
         self.control_variate, self.cv_decay = control_variate, float(cv_decay)
         self.cv_active = bool(control_variate)
         self.register_buffer("v_value", v)
@@ -122,10 +124,6 @@ class NestedLoRA(SpectralLoss):
             self.register_buffer("m_grad", torch.ones(L, L, dtype=torch.float64).triu())  # [m, k] = 1 if m ≤ k
         self.cv_stats = ControlVariateStats(L, self.cv_decay)
 
-    @property
-    def min_batch_size(self) -> int:
-        return 2 if self.unbiased else 1
-
     def prepare(self, operator) -> None:
         """Automatic control variate: on for a self-adjoint operator whose ``Tf`` is pointwise."""
         if self.control_variate is None:
@@ -137,10 +135,10 @@ class NestedLoRA(SpectralLoss):
     def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor, moments: tuple[Tensor, ...]) -> Tensor:
         masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)
         return _NestedLoRAFunction.apply(fx, gy, tfy.detach(), tadj_gx.detach(), moments,
-                                         *(t.to(fx) for t in masks), self.unbiased)
+                                         *(t.to(fx) for t in masks), self.split)
 
     def _half_moments(self, f: Tensor) -> tuple[Tensor, Tensor]:
-        a, b = _halves(f.shape[0], self.unbiased)
+        a, b = _halves(f.shape[0], self.split)
         return _second_moment(f[a]), _second_moment(f[b])
 
     def forward(self, fx: Tensor, tfx: Tensor) -> LossOutput:
@@ -150,7 +148,7 @@ class NestedLoRA(SpectralLoss):
             f, tf = fx.detach(), tfx.detach()
             if self.cv_active:
                 beta = self.cv_stats.coefficients().to(f)  # from past batches only: unbiased for this one
-                a, b = _halves(f.shape[0], self.unbiased)
+                a, b = _halves(f.shape[0], self.split)
                 lam_a, lam_b = (control_variate_moments(f[h], tf[h], beta) for h in (a, b))
                 if fx.requires_grad:
                     self.cv_stats.update(f, tf)

@@ -29,7 +29,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import LinearReadout, LossOutput, SpectralLoss, evd_only_error, prescribed_gradient
+from ..decomposition import decomposition_of
+from .base import (
+    LinearReadout,
+    LossOutput,
+    SpectralLoss,
+    SplitHalves,
+    evd_only_error,
+    prescribed_gradient,
+)
 
 __all__ = ["NeuralEF"]
 
@@ -37,33 +45,34 @@ __all__ = ["NeuralEF"]
 _DENOMINATOR_EPS = 1e-5
 
 
-class NeuralEF(SpectralLoss):
+class NeuralEF(SplitHalves, SpectralLoss):
     """NeuralEF with batch L2 normalization and the asymmetric (stop-gradient) deflation update.
 
     Args:
         num_modes: ``L``.
         unbiased: deflation coefficients ``⟨ψ_i, ψ_j⟩`` from the other half of the batch (μ-EigenGame)
-            instead of ``R_ij / R_ii`` from the whole batch (the original).
+            instead of ``R_ij / R_ii`` from the whole batch (``False``, the default: the published
+            method, exact when the batch is the whole finite population). ``None``: split sampled
+            batches, never the population. ``True`` on the population warns (its halves are dependent).
         momentum: weight of the past in the running mean square of the outputs (the authors' 0.9).
 
     The loss value is the batch objective ``-Σ_j (R_jj - Σ_{i<j} R_ij² / R_ii)`` (for ``unbiased`` a
     diagnostic only); ``eigenvalues`` are ``R_jj`` (batch Rayleigh quotients), ``gram`` is ``⟨ψ_i, ψ_j⟩``.
     """
 
-    def __init__(self, num_modes: int, unbiased: bool = False, momentum: float = 0.9):
+    #: the whole batch twice is the published method, not a bias to warn about on sampled batches
+    whole_batch_biased = False
+
+    def __init__(self, num_modes: int, unbiased: bool | None = False, momentum: float = 0.9):
         super().__init__(num_modes)
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        self.unbiased, self.momentum = bool(unbiased), float(momentum)
+        self.unbiased, self.momentum = None if unbiased is None else bool(unbiased), float(momentum)
         self.register_buffer("mean_square", torch.ones(num_modes))  # (L,) running mean_b f(x_b)²
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
-    @property
-    def min_batch_size(self) -> int:
-        return 2 if self.unbiased else 1
-
     def attach(self, model: nn.Module | tuple[nn.Module, nn.Module]) -> None:
-        if isinstance(model, tuple):
+        if decomposition_of(model).is_svd:
             raise evd_only_error(self)
         p = next(model.parameters(), None)
         like = p if p is not None else self.mean_square
@@ -90,7 +99,7 @@ class NeuralEF(SpectralLoss):
             r = p.T @ tpsi / n  # (L, L), R_ij = ⟨ψ_i, Tψ_j⟩
             ratio = r.triu(1) / (r.diagonal() + _DENOMINATOR_EPS).unsqueeze(1)  # (L, L): R_ij / R_ii, i < j
             value = -(r.diagonal().sum() - (r.triu(1) * ratio).sum())
-            if self.unbiased:
+            if self.split:
                 a, b = slice(0, n // 2), slice(n // 2, n)
                 penalty = torch.cat([tpsi[a] @ _overlaps(p[b]), tpsi[b] @ _overlaps(p[a])], 0)
             else:

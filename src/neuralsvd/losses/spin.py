@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..models import MLP, ParallelMLP, Tabular
+from ..decomposition import decomposition_of
 from .base import LinearReadout, LossOutput, SpectralLoss, evd_only_error, prescribed_gradient
 
 __all__ = ["SpIN", "mode_axes"]
@@ -59,23 +59,15 @@ def mode_axes(model: nn.Module) -> dict[str, int | None]:
     """For each parameter of ``model``, the axis along which slice ``m`` feeds output ``m`` only, or
     ``None`` for a parameter shared by several modes.
 
-    A model may declare its own layout with a ``mode_axes()`` method returning this dict; the library's
-    :class:`~neuralsvd.models.ParallelMLP` (every parameter: the network axis), :class:`~neuralsvd.models.MLP`
-    (the output layer and envelopes only) and :class:`~neuralsvd.models.Tabular` (the mode column) are
-    known. Any other model is treated as fully shared (correct for every model, with ``O(L²P)`` memory).
+    Models declare their layout with a ``mode_axes()`` method returning this dict (the library's
+    :class:`~neuralsvd.models.ParallelMLP`, :class:`~neuralsvd.models.MLP` and
+    :class:`~neuralsvd.models.Tabular` do). Any other model is treated as fully shared (correct for
+    every model, with ``O(L²P)`` memory).
     """
     declared = getattr(model, "mode_axes", None)
     if callable(declared):
         return dict(declared())
-    names = [name for name, _ in model.named_parameters()]
-    if isinstance(model, ParallelMLP):  # (in, L, hidden) for the first weight, (L, ...) elsewhere
-        return {name: 1 if name == "first_weight" else 0 for name in names}
-    if isinstance(model, MLP):  # shared trunk; outputs (1, hidden, L) and (1, 1, L); envelope (L,)
-        per_mode = {"out_weight": 2, "out_bias": 2, "log_envelope_scale": 0}
-        return {name: per_mode.get(name) for name in names}
-    if isinstance(model, Tabular):  # (points, L)
-        return {"table": 1}
-    return dict.fromkeys(names)
+    return dict.fromkeys(name for name, _ in model.named_parameters())
 
 
 class SpIN(SpectralLoss):
@@ -103,7 +95,7 @@ class SpIN(SpectralLoss):
 
     # -- hooks ------------------------------------------------------------------------------------------
     def attach(self, model: nn.Module | tuple[nn.Module, nn.Module]) -> None:
-        if isinstance(model, tuple):
+        if decomposition_of(model).is_svd:
             raise evd_only_error(self)
         axes = mode_axes(model)
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]

@@ -19,14 +19,14 @@ Conventions (stated once, here):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..quadrature import Quadrature
 
-__all__ = ["Operator", "CrossOperator"]
+__all__ = ["CrossOperator", "Operator"]
 
 Function = Callable[[Tensor], Tensor]
 
@@ -92,6 +92,13 @@ class Operator(nn.Module):
         """A deterministic rule for the final eigenvalue estimates, with weights for ``L²(p)``
         (``Σ_i w_i a(x_i) b(x_i) ≈ E_p[a b]``), or None to use :meth:`evaluation_batches` (default)."""
         return None
+
+    def batch_is_population(self, batch_size: int, svd: bool = False) -> bool:
+        """Whether every training batch of ``batch_size`` (pairs for ``svd``) is the whole finite population,
+        each point once: then batch averages are exact and losses use full-batch second moments instead
+        of split-half estimates (see :meth:`~neuralsvd.losses.SpectralLoss.use_population_batches`).
+        Default: False (sampled batches)."""
+        return False
 
     def validate(self, x: Tensor) -> None:
         """Raise ``ValueError`` if the operator is ill-defined on the batch ``x`` (called once by fit)."""

@@ -28,7 +28,8 @@ class DenseOperator(CrossOperator):
     """A finite matrix as an operator: EVD if it is square and symmetric, SVD otherwise.
 
     Batches are index samples (:class:`~neuralsvd.sampling.Index`, ``replacement`` as there); a
-    ``batch_size`` of at least the matrix size trains on the whole population.
+    ``batch_size`` of at least the matrix size (both sides for SVD) trains on the whole population, with
+    exact second moments (:meth:`batch_is_population`).
     """
 
     def __init__(self, matrix: Tensor | np.ndarray, symmetric_atol: float = 1e-12, replacement: bool = False):
@@ -52,6 +53,10 @@ class DenseOperator(CrossOperator):
 
     def sample_pair(self, n, generator=None, dtype=None):
         return self.in_sampler.sample(n, generator), self.out_sampler.sample(n, generator)
+
+    def batch_is_population(self, batch_size, svd=False):
+        samplers = (self.in_sampler, self.out_sampler) if svd else (self.in_sampler,)
+        return all(s.is_population(batch_size) for s in samplers)
 
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """The whole population once: estimates are exact, not sampled."""

@@ -12,7 +12,7 @@ eigenfunctions are ``sqrt(N) v`` for unit eigenvectors ``v``.
 
 **Estimator.** Batches are node indices (:class:`~neuralsvd.sampling.Index`, i.i.d. by default, so that
 NestedLoRA's split-batch second moments are unbiased; ``replacement=False`` with a batch of all nodes is
-the population, for ``NestedLoRA(unbiased=False)``); for each sampled node the
+the population, on which losses use exact full-batch moments by default); for each sampled node the
 neighbourhood sum $\sum_j M_{ij} f(j)$ is computed exactly from the graph (``f`` evaluated once per
 distinct neighbour), so ``(Tf)(i)`` carries no noise and minibatch estimates are unbiased. Cost per batch:
 the number of edges leaving it. Evaluation uses all nodes once.
@@ -27,7 +27,7 @@ spectra); any other graph: ``scipy.sparse.linalg.eigsh``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,11 +35,12 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ..quadrature import Quadrature
 from ..sampling import Index
 from .base import Function, Operator, check_model_output
 
-__all__ = ["GraphOperator", "CycleGraph", "GridGraph", "NodeFeatures"]
+__all__ = ["CycleGraph", "GraphOperator", "GridGraph", "NodeFeatures"]
 
 
 class NodeFeatures(nn.Module):
@@ -137,6 +138,9 @@ class GraphOperator(Operator):
     def sample(self, n, generator=None, dtype=None):
         return self.sampler.sample(n, generator)
 
+    def batch_is_population(self, batch_size, svd=False):
+        return self.sampler.is_population(batch_size)
+
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """All nodes once: estimates are exact, not sampled."""
         device = generator.device if generator is not None else self.crow.device
@@ -223,10 +227,7 @@ class _ProductGraph(GraphOperator):
 
     def __init__(self, sizes: Sequence[int], periodic: Sequence[bool], normalized: bool, replacement: bool):
         for m, ring in zip(sizes, periodic):
-            if isinstance(m, bool) or not isinstance(m, int) or m < (3 if ring else 2):
-                raise ValueError(
-                    f"sizes must be integers >= {3 if ring else 2} ({'cycle' if ring else 'path'}), got {m!r}"
-                )
+            check_positive_int("sizes", m, 3 if ring else 2, "cycle" if ring else "path")
         factors = [_cycle_spectrum(m) if ring else _path_spectrum(m) for m, ring in zip(sizes, periodic)]
         self.sizes, self.periodic = tuple(sizes), tuple(periodic)
         self._factors = factors

@@ -25,31 +25,29 @@ the empirical operator). :func:`nystrom`: the Nyström baseline on ``n`` sampled
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import quadrature as quad
+from ..result import FitResult
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .kernels import RBF, Kernel
-
-if TYPE_CHECKING:
-    from ..fit import FitResult
+from .multi_index import top_multi_indices
 
 __all__ = [
-    "KernelOperator",
     "GaussianRBF",
+    "KernelOperator",
     "NystromExtension",
-    "nystrom",
     "gaussian_qmc",
     "gaussian_quadrature",
     "normalized_hermite_e",
+    "nystrom",
     "top_multi_indices",
 ]
 
@@ -100,27 +98,6 @@ def normalized_hermite_e(x: Tensor, kmax: int) -> Tensor:
     return torch.stack(h[: kmax + 1], 1)
 
 
-def top_multi_indices(decay: Sequence[float], num: int) -> list[tuple[int, ...]]:
-    """The ``num`` multi-indices ``k`` with the smallest ``Σ_i k_i decay_i`` (ties: lexicographic).
-
-    For eigenvalues ``Π_i c_i r_i^{k_i}`` (products of geometric sequences) pass ``decay_i = -log r_i``;
-    ``decay_i = inf`` (``r_i = 0``) freezes axis ``i`` at 0. Raises if fewer than ``num`` exist.
-    """
-    start = (0,) * len(decay)
-    heap, seen, out = [(0.0, start)], {start}, []
-    while len(out) < num:
-        if not heap:
-            raise ValueError(f"only {len(out)} modes have a non-zero eigenvalue, {num} were asked for")
-        cost, idx = heapq.heappop(heap)
-        out.append(idx)
-        for i, rate in enumerate(decay):
-            nxt = idx[:i] + (idx[i] + 1,) + idx[i + 1 :]
-            if math.isfinite(rate) and nxt not in seen:
-                seen.add(nxt)
-                heapq.heappush(heap, (cost + rate, nxt))
-    return out
-
-
 # --- Nyström ------------------------------------------------------------------------------------------
 
 
@@ -146,7 +123,7 @@ class NystromExtension(nn.Module):
     @classmethod
     def fit_points(
         cls, kernel: Kernel, points: Tensor, num_modes: int | None = None
-    ) -> tuple[Tensor, "NystromExtension"]:
+    ) -> tuple[Tensor, NystromExtension]:
         """Top ``num_modes`` eigenpairs of ``K/n`` on ``points (n, d)`` in float64 (default: all with
         eigenvalue above ``1e-10`` times the largest): ``(eigenvalues (L,), extension)``."""
         points = points.double()
@@ -162,13 +139,11 @@ class NystromExtension(nn.Module):
         return w[:num_modes], cls(kernel, points, w[:num_modes], v[:, :num_modes])
 
 
-def nystrom(operator: "KernelOperator", num_points: int, num_modes: int, seed: int = 0) -> "FitResult":
+def nystrom(operator: KernelOperator, num_points: int, num_modes: int, seed: int = 0) -> FitResult:
     """The Nyström baseline: eigendecomposition of ``K/n`` on ``num_points`` samples of the operator's
     measure plus the out-of-sample extension, returned as a :class:`~neuralsvd.FitResult` (no training
     history) that :func:`neuralsvd.evaluate` accepts like a trained model. Cost ``O(n³)``.
     """
-    from ..fit import FitResult  # fit imports the operators; importing it here keeps that one-way
-
     t0 = time.perf_counter()
     points = operator.sample(num_points, torch.Generator().manual_seed(seed), torch.float64)
     eigenvalues, extension = NystromExtension.fit_points(operator.kernel, points, num_modes)

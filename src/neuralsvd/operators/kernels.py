@@ -10,12 +10,14 @@ Outputs follow the dtype and device of ``x``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Kernel", "RBF", "Laplacian", "Polynomial", "Cosine", "Centered", "KERNELS", "make_kernel"]
+from .._validation import check_positive_int
+
+__all__ = ["KERNELS", "RBF", "Centered", "Cosine", "Kernel", "Laplacian", "Polynomial", "make_kernel"]
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
 
@@ -61,8 +63,7 @@ class Polynomial:
     r"""Polynomial kernel $k(x, y) = (\gamma\, x\cdot y + c_0)^{d}$ (PSD for $c_0 \ge 0$)."""
 
     def __init__(self, degree: int = 3, gamma: float = 1.0, coef0: float = 1.0):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
-            raise ValueError(f"degree must be a positive integer, got {degree!r}")
+        check_positive_int("degree", degree)
         if not (isinstance(coef0, (int, float)) and coef0 >= 0):
             raise ValueError(
                 f"coef0 must be a non-negative number (else the kernel is not PSD), got {coef0!r}"

@@ -17,19 +17,20 @@ eigenfunctions as ``ψ = sqrt(p) f`` in ``L²(dx)``. Pick ``shift`` above the hi
 
 from __future__ import annotations
 
-import heapq
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .. import quadrature as quad
+from .._validation import check_positive_int
 from ..autodiff import value_and_derivatives
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
+from .multi_index import top_multi_indices
 
-__all__ = ["Schrodinger", "Hydrogen2D", "HarmonicOscillator"]
+__all__ = ["HarmonicOscillator", "Hydrogen2D", "Schrodinger"]
 
 
 class Schrodinger(Operator):
@@ -55,8 +56,7 @@ class Schrodinger(Operator):
         super().__init__()
         if not callable(potential):
             raise TypeError(f"potential must be a callable x (n, d) -> (n,), got {type(potential).__name__}")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        check_positive_int("dim", dim)
         for name, value in (("scale", scale), ("kinetic", kinetic), ("fd_eps", fd_eps)):
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -229,8 +229,7 @@ class HarmonicOscillator(Schrodinger):
     def __init__(self, dim: int = 2, omega: float | Sequence[float] = 1.0, scale: float = 1.0,
                  shift: float | None = None, sampler: Sampler | None = None, laplacian: str = "exact",
                  fd_eps: float = 1e-2, model_output: str = "ratio"):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        check_positive_int("dim", dim)
         om = [float(omega)] * dim if isinstance(omega, (int, float)) else [float(o) for o in omega]
         if len(om) != dim or min(om) <= 0:
             raise ValueError(f"omega must be a positive float or {dim} positive floats, got {omega!r}")
@@ -245,17 +244,7 @@ class HarmonicOscillator(Schrodinger):
 
     def quantum_numbers(self, num_modes: int) -> list[tuple[int, ...]]:
         """The ``num_modes`` lowest multi-indices ``(n_1..n_d)`` by energy (ties: lexicographic)."""
-        start = (0,) * self.dim
-        heap, seen, out = [(self._energy(start), start)], {start}, []
-        while len(out) < num_modes:
-            _, idx = heapq.heappop(heap)
-            out.append(idx)
-            for i in range(self.dim):
-                nxt = idx[:i] + (idx[i] + 1,) + idx[i + 1 :]
-                if nxt not in seen:
-                    seen.add(nxt)
-                    heapq.heappush(heap, (self._energy(nxt), nxt))
-        return out
+        return top_multi_indices([2 * w for w in self.omega], num_modes)
 
     def _energy(self, idx: tuple[int, ...]) -> float:
         return sum(w * (2 * k + 1) for w, k in zip(self.omega, idx))

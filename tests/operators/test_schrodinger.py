@@ -11,9 +11,16 @@ import torch
 from scipy import stats
 
 from neuralsvd.operators import HarmonicOscillator, Hydrogen2D, Schrodinger
-from neuralsvd.quadrature import Quadrature, box, gauss_legendre
-from neuralsvd.quadrature import polar
-from neuralsvd.sampling import Gaussian, Index, Mixture, RadialExponential, Sampler, TruncatedGaussian, UniformBox
+from neuralsvd.quadrature import Quadrature, box, gauss_legendre, polar
+from neuralsvd.sampling import (
+    Gaussian,
+    Index,
+    Mixture,
+    RadialExponential,
+    Sampler,
+    TruncatedGaussian,
+    UniformBox,
+)
 
 F64 = torch.float64
 
@@ -52,9 +59,9 @@ def _brute_force_energies(omega, count, nmax=12):
 
 
 OSCILLATORS = [
-    pytest.param(dict(dim=1), 6, id="1d"),
-    pytest.param(dict(dim=2), 10, id="2d"),
-    pytest.param(dict(dim=3, omega=[1.0, 1.5, 2.0]), 8, id="3d-aniso"),
+    pytest.param({"dim": 1}, 6, id="1d"),
+    pytest.param({"dim": 2}, 10, id="2d"),
+    pytest.param({"dim": 3, "omega": [1.0, 1.5, 2.0]}, 8, id="3d-aniso"),
 ]
 
 
@@ -134,8 +141,8 @@ def test_oscillator_2d_spectrum_and_default_shift():
 
 @pytest.mark.parametrize("kwargs,L", [
     OSCILLATORS[0], OSCILLATORS[1],
-    pytest.param(dict(dim=3, omega=[1.0, 1.5, 2.0]), 8, id="3d-aniso"),
-    pytest.param(dict(dim=3), 8, id="3d-iso"),
+    pytest.param({"dim": 3, "omega": [1.0, 1.5, 2.0]}, 8, id="3d-aniso"),
+    pytest.param({"dim": 3}, 8, id="3d-iso"),
 ])
 def test_oscillator_eigenfunctions_orthonormal_under_quadrature(kwargs, L):
     op = HarmonicOscillator(**kwargs)
@@ -154,7 +161,7 @@ def test_oscillator_3d_anisotropic_eigenfunctions_orthonormal_under_fine_rule():
     torch.testing.assert_close(q.inner(psi, psi), torch.eye(8, dtype=F64), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("kwargs,L", OSCILLATORS + [pytest.param(dict(dim=2, scale=2.5, shift=11.0), 10, id="2d-scaled")])
+@pytest.mark.parametrize("kwargs,L", OSCILLATORS + [pytest.param({"dim": 2, "scale": 2.5, "shift": 11.0}, 10, id="2d-scaled")])
 def test_oscillator_eigen_equation(kwargs, L):
     op = HarmonicOscillator(**kwargs)
     lam = op.scale * (op.shift - op.exact_eigenvalues(L))
@@ -204,8 +211,8 @@ def test_oscillator_eigen_equation_psi_output(kwargs, L):
 def test_psi_and_ratio_outputs_give_the_same_estimates():
     """For the same ψ (a model in each parametrization) both return identical (f, Tf) batches."""
     sampler = Mixture([Gaussian(2, 1.0), Gaussian(2, 3.0)], [0.4, 0.6])
-    kw = dict(potential=lambda x: (x * x).sum(1) + 0.3 * x[:, 0], dim=2, kinetic=0.5, scale=2.0, shift=1.5,
-              sampler=sampler)
+    kw = {"potential": lambda x: (x * x).sum(1) + 0.3 * x[:, 0], "dim": 2, "kinetic": 0.5, "scale": 2.0, "shift": 1.5,
+              "sampler": sampler}
     ratio, psi_op = Schrodinger(**kw), Schrodinger(**kw, model_output="psi")
 
     def psi(x):
@@ -400,7 +407,7 @@ def test_mixture_float32_tail_through_schrodinger_operator_is_finite():
     def f(y):
         return torch.stack([torch.exp(-0.01 * (y * y).sum(1)), torch.ones(y.shape[0], dtype=y.dtype)], 1)
 
-    fx, tfx = op.apply(f, x)
+    _fx, tfx = op.apply(f, x)
     assert bool(torch.isfinite(tfx).all())
 
 

@@ -1,4 +1,4 @@
-"""Reliability (issue 4): resume equality, kill -9, corrupted checkpoints, the divergence guard."""
+"""The training state: resume equality, kill -9, corrupted checkpoints, the divergence guard."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from neuralsvd.checkpoint import CheckpointError, load_checkpoint
 from neuralsvd.models import ParallelMLP
 from neuralsvd.operators import HarmonicOscillator, Schrodinger
 
-FIT = dict(steps=60, batch_size=32, lr=3e-3, ema_decay=0.9, checkpoint_every=20, log_every=10, progress=False,
-           eval_batches=2)
+FIT = {"steps": 60, "batch_size": 32, "lr": 3e-3, "ema_decay": 0.9, "checkpoint_every": 20, "log_every": 10, "progress": False,
+           "eval_batches": 2}
 
 
 def _model() -> ParallelMLP:

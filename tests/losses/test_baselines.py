@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import neuralsvd as nsvd
-from neuralsvd.models import MLP, ParallelMLP, Tabular
 from neuralsvd.losses.spin import mode_axes
+from neuralsvd.models import MLP, ParallelMLP, Tabular
 from neuralsvd.operators import DenseOperator
 
 F64 = torch.float64
@@ -215,7 +215,7 @@ def _check_jet(module, x):
         jac = torch.autograd.functional.jacobian(lambda p: module(p.unsqueeze(0))[0], x[b])  # (L, d)
         torch.testing.assert_close(jet[1 : d + 1, b].T, jac)
         for m in range(jet.shape[-1]):
-            hess = torch.autograd.functional.hessian(lambda p: module(p.unsqueeze(0))[0, m], x[b])
+            hess = torch.autograd.functional.hessian(lambda p, m=m: module(p.unsqueeze(0))[0, m], x[b])
             torch.testing.assert_close(jet[d + 1, b, m], hess.trace())
 
 
@@ -254,7 +254,7 @@ def test_neuralef_gradient_is_per_mode_gradient(dense):
     (grad,) = torch.autograd.grad(out.loss, model.table)
     psi = _normalized(model.table)
     fixed = psi.detach()
-    r = lambda p, q: p.T @ at @ q / n  # noqa: E731  R_ij = ⟨p_i, T q_j⟩, (L, L)
+    r = lambda p, q: p.T @ at @ q / n
     deflation = r(fixed, psi).triu(1) ** 2 / (r(fixed, fixed).diagonal() + NEURALEF_EPS).unsqueeze(1)
     total = -r(psi, psi).trace() + deflation.sum()
     (expected,) = torch.autograd.grad(total, model.table)

@@ -112,7 +112,7 @@ def test_gaussian_rbf_2d_degeneracy_and_product_form():
 
 def test_split_estimator_formula_and_unbiasedness():
     op = GaussianRBF(1, 2.0, 1.0)
-    f = lambda x: op.exact_eigenfunctions(x, 3)  # noqa: E731
+    f = lambda x: op.exact_eigenfunctions(x, 3)
     gen = torch.Generator().manual_seed(0)
     x = op.sample(7, gen, F64)
     fx, tfx = op.apply(f, x)

@@ -111,7 +111,7 @@ def _fit_tabular(op, modes, steps, lr):
     return nsvd.fit(
         nsvd.models.Tabular(op.num_nodes, modes).double(),
         op,
-        nsvd.NestedLoRA(modes, unbiased=False),
+        nsvd.NestedLoRA(modes),  # the whole population: exact moments by default
         steps=steps,
         batch_size=op.num_nodes,
         lr=lr,

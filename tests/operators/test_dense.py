@@ -81,7 +81,7 @@ def test_symmetric_top4_eigenpairs(symmetric_problem, nesting):
     op = DenseOperator(torch.from_numpy(a))
     assert op.self_adjoint
     torch.manual_seed(0)
-    result = nsvd.fit(Tabular(n, 4).double(), op, nsvd.NestedLoRA(4, nesting=nesting, unbiased=False),
+    result = nsvd.fit(Tabular(n, 4).double(), op, nsvd.NestedLoRA(4, nesting=nesting),
                       steps=3000, batch_size=n, lr=3e-2, progress=False)
     np.testing.assert_allclose(result.eigenvalues.numpy(), w[:4], rtol=1e-4)
     assert bool((result.eigenvalues[:-1] > result.eigenvalues[1:]).all())  # leading first
@@ -113,7 +113,7 @@ def test_rectangular_top4_singular_triples(rectangular_problem, nesting):
     assert not op.self_adjoint
     torch.manual_seed(0)
     result = nsvd.fit((Tabular(n, 4).double(), Tabular(m, 4).double()), op,
-                      nsvd.NestedLoRA(4, nesting=nesting, unbiased=False),
+                      nsvd.NestedLoRA(4, nesting=nesting),
                       steps=3000, batch_size=m, lr=3e-2, progress=False)
     assert result.is_svd
     np.testing.assert_allclose(result.singular_values.numpy(), s[:4], rtol=1e-4)
@@ -143,17 +143,17 @@ def test_dense_operator_closed_forms_match_numpy(symmetric_problem, rectangular_
     np.testing.assert_allclose(_abs_cos(phi, v[:, :5]), 1.0, rtol=1e-12)
     np.testing.assert_allclose((phi * phi).mean(0), 1.0, rtol=1e-12)  # unit norm in L²(uniform)
     # T φ = λ φ through apply: (Tf)(i) = Σ_j A_ij f(j)
-    f = lambda idx: op.exact_eigenfunctions(idx, 5)  # noqa: E731
+    f = lambda idx: op.exact_eigenfunctions(idx, 5)
     x = torch.tensor([3, 0, 17, 29])
     fx, tfx = op.apply(f, x)
     np.testing.assert_allclose(tfx.numpy(), fx.numpy() * w[:5], atol=1e-12)
 
-    b, s, u, vr = rectangular_problem
+    b, s, _u, vr = rectangular_problem
     opr = DenseOperator(torch.from_numpy(b))
     m, n = b.shape
     np.testing.assert_allclose(opr.exact_eigenvalues(4).numpy(), s[:4], rtol=1e-12)
     left, right = opr.exact_eigenfunctions(torch.arange(n), 4), opr.exact_right_functions(torch.arange(m), 4)
-    fx, gy, tfy, tadj = opr.apply_svd(lambda i: opr.exact_eigenfunctions(i, 4),
+    fx, _gy, tfy, tadj = opr.apply_svd(lambda i: opr.exact_eigenfunctions(i, 4),
                                       lambda j: opr.exact_right_functions(j, 4), torch.arange(n), torch.arange(m))
     np.testing.assert_allclose(tfy.numpy(), right.numpy() * s[:4], atol=1e-12)  # T φ = σ ψ
     np.testing.assert_allclose(tadj.numpy(), left.numpy() * s[:4], atol=1e-12)  # T* ψ = σ φ
@@ -168,7 +168,7 @@ def test_norm_read_out_agrees_with_rayleigh_at_convergence():
     a = torch.tensor((q * evals) @ q.T)
     torch.manual_seed(0)
     res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), nsvd.operators.DenseOperator(a),
-                   nsvd.NestedLoRA(2, unbiased=False), steps=2000, batch_size=12, lr=3e-2, progress=False)
+                   nsvd.NestedLoRA(2), steps=2000, batch_size=12, lr=3e-2, progress=False)
     torch.testing.assert_close(res.norm_eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=0)
     torch.testing.assert_close(res.eigenvalues, torch.tensor([3.0, 2.0], dtype=torch.float64), rtol=1e-8, atol=0)
 
@@ -185,7 +185,7 @@ def test_ritz_readout_undoes_mixing_in_the_learned_span():
     with torch.no_grad():
         model.table.copy_(torch.tensor(q[:, :3] @ rot * np.array([2.0, 0.5, 1.0])))
     op = nsvd.operators.DenseOperator(torch.tensor(a))
-    kw = dict(steps=0, batch_size=10, progress=False)
+    kw = {"steps": 0, "batch_size": 10, "progress": False}
     rayleigh = nsvd.fit(model, op, nsvd.NestedLoRA(3), readout="rayleigh", **kw)
     assert (rayleigh.eigenvalues - torch.tensor(evals[:3])).abs().max() > 0.1
     ritz = nsvd.fit(model, op, nsvd.NestedLoRA(3), readout="ritz", **kw)
@@ -202,7 +202,7 @@ def test_norm_ratio_is_one_at_convergence_and_flags_unconverged_modes(recwarn):
     a = torch.tensor((q * np.concatenate([[3.0, 2.0], gen.uniform(-0.5, 0.5, size=10)])) @ q.T)
     op = nsvd.operators.DenseOperator(a)
     torch.manual_seed(0)
-    res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), op, nsvd.NestedLoRA(2, unbiased=False), steps=2000,
+    res = nsvd.fit(nsvd.models.Tabular(12, 2).double(), op, nsvd.NestedLoRA(2), steps=2000,
                    batch_size=12, lr=3e-2, progress=False)
     np.testing.assert_allclose(res.extras["norm_ratio"], [1.0, 1.0], rtol=1e-6)
     assert not [w for w in recwarn if "unconverged" in str(w.message)]

@@ -45,7 +45,7 @@ def comparison(tmp_path_factory):
 
 
 def test_writes_the_three_files_and_one_folder_per_run(comparison):
-    out, records = comparison
+    out, _records = comparison
     for name in ("comparison.json", "comparison.md", "comparison.png"):
         assert (out / name).stat().st_size > 0, name
     for method in ALL_FOUR:
