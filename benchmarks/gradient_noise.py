@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 import neuralsvd as nsvd
 from neuralsvd.experiments import get_problem, make_loss, make_model, make_operator
-from neuralsvd.losses.nested_lora import ControlVariateStats, control_variate_moments
+from neuralsvd.losses.nested_lora import ControlVariateStats, cv_products, control_variate_moments
 
 ESTIMATORS = ("nestedlora-seq", "nestedlora-seq-cv", "neuralef")
 
@@ -102,7 +102,7 @@ def measure(model: nn.Module, op, num_modes: int, batches: int, batch_size: int,
     cc = torch.zeros_like(acc)
     for _ in range(max(batches // 2, 8)):
         f, tf = op.apply(model, op.sample(batch_size, gen))
-        stats.update(f.detach(), tf)
+        stats.update(*cv_products(f.detach(), tf))
         acc += stats.ac.double()
         cc += stats.cc.double()
     beta = torch.where(cc > 0, -acc / cc.clamp_min(1e-300), torch.zeros_like(cc)).to(torch.get_default_dtype())

@@ -41,3 +41,31 @@ def test_hydrogen_ablation_smoke(tmp_path, capsys):
 def test_hydrogen_ablation_rejects_unknown_variant():
     with pytest.raises(SystemExit):
         _load("hydrogen_accuracy").main(["--variants", "nope"])
+
+
+def test_gradient_noise_smoke(tmp_path):
+    """Per-mode signal and noise of each estimator at two stops; NeuralEF's terms add up to its update."""
+    bench = _load("gradient_noise")
+    out = tmp_path / "noise.json"
+    assert bench.main(["--at", "10", "20", "--batches", "4", "--set", "modes=3", "--set", "model.hidden=(8, 8)",
+                       "--json", str(out), "--plot", str(tmp_path / "n.png")]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"] for r in rows] == [10, 20]
+    rep = rows[0]["report"]
+    assert set(rep) == {"nestedlora-seq", "nestedlora-seq-cv", "neuralef"}
+    for est in rep.values():
+        assert len(est["total"]["signal"]) == 3 and all(s > 0 for s in est["total"]["signal"])
+    # the control variate changes only the deflation moments: the operator term is the same estimator
+    assert rep["nestedlora-seq"]["operator"] == rep["nestedlora-seq-cv"]["operator"]
+    assert rep["nestedlora-seq"]["deflation-0"]["noise"][0] == 0.0  # the ground state has no deflation
+    assert (tmp_path / "n.png").stat().st_size > 10_000
+
+
+def test_short_budget_smoke(tmp_path):
+    bench = _load("short_budget")
+    out = tmp_path / "short.json"
+    assert bench.main(["--problems", "user2d", "--methods", "neuralsvd-seq,neuralef", "--steps", "20",
+                       "--seeds", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["neuralsvd-seq", "neuralef"]
+    assert all(len(r["eigenvalues"]) == 4 and r["mean_rel_error"] > 0 for r in rows)

@@ -9,7 +9,7 @@ import torch
 
 import neuralsvd as nsvd
 from neuralsvd import NestedLoRA
-from neuralsvd.losses.nested_lora import ControlVariateStats, control_variate_moments
+from neuralsvd.losses.nested_lora import ControlVariateStats, cv_products, control_variate_moments
 
 F64 = torch.float64
 
@@ -62,7 +62,7 @@ def test_gradient_with_control_variate_is_unbiased(nesting):
     beta = _antisymmetric(L, seed=5)
     loss.cv_stats.ac.copy_(-beta)  # fixed coefficients β = -ac / cc with cc = 1
     loss.cv_stats.cc.fill_(1.0)
-    loss.cv_stats.update = lambda f, tf: None  # frozen for the enumeration
+    loss.cv_stats.update = lambda a, c: None  # frozen for the enumeration
     avg = torch.zeros(N, L, dtype=F64)
     for idx in itertools.product(range(N), repeat=B):
         idx = torch.tensor(idx)
@@ -96,7 +96,7 @@ def test_optimal_coefficients_cut_the_deflation_noise_near_eigenfunctions():
     f = phi * lam[:L].sqrt() + 0.01 * torch.randn(N, L, dtype=F64, generator=g)
     tf = k @ f / N
     stats = ControlVariateStats(L, 0.0).double()
-    stats.update(f, tf)
+    stats.update(*cv_products(f, tf))
     beta = stats.coefficients()
     torch.testing.assert_close(beta, -beta.T)
     plain, cv = [], []
@@ -116,7 +116,7 @@ def test_stats_are_bias_corrected_running_averages():
     g = torch.Generator().manual_seed(8)
     batches = [(torch.randn(6, L, dtype=F64, generator=g), torch.randn(6, L, dtype=F64, generator=g)) for _ in range(3)]
     for f, tf in batches:
-        stats.update(f, tf)
+        stats.update(*cv_products(f, tf))
     weights = torch.tensor([0.25, 0.5, 1.0], dtype=F64)  # decay 0.5, newest last
     cs = [tf.unsqueeze(2) * f.unsqueeze(1) - f.unsqueeze(2) * tf.unsqueeze(1) for f, tf in batches]
     cc = sum(w * (c * c).mean(0) for w, c in zip(weights, cs)) / weights.sum()

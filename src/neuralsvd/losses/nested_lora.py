@@ -13,7 +13,9 @@ top-L *positive* eigenvalues in descending order (SVD: ``f_l = sqrt(σ_l) φ_l``
 Minibatch estimates are unbiased: operator terms average over the batch; second moments come from
 the two halves of the batch, ``Σ M ∘ Λ_a ∘ Λ_b`` (SVD: ``½ Σ M ∘ (Λf_a ∘ Λg_b + Λf_b ∘ Λg_a)``).
 The gradient never differentiates through ``T f``: for self-adjoint ``T``,
-``∂⟨f, Tf⟩ = 2⟨∂f, Tf⟩``, applied in a custom autograd backward.
+``∂⟨f, Tf⟩ = 2⟨∂f, Tf⟩``, applied in a custom autograd backward. For EVD with a pointwise ``Tf`` the
+half-batch moments carry a zero-mean control variate (:func:`control_variate_moments`) that keeps them
+unbiased and cancels most of the noise a leading mode's large norm puts into the later modes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor
 
 from .base import LossOutput, SpectralLoss, SplitHalves
 
-__all__ = ["NestedLoRA"]
+__all__ = ["NestedLoRA", "ControlVariateStats", "control_variate_moments", "cv_products"]
 
 
 def _halves(n: int, split: bool) -> tuple[slice, slice]:
@@ -147,11 +149,11 @@ class NestedLoRA(SplitHalves, SpectralLoss):
         with torch.no_grad():
             f, tf = fx.detach(), tfx.detach()
             if self.cv_active:
+                a, c = cv_products(f, tf)  # (n, L, L) each
                 beta = self.cv_stats.coefficients().to(f)  # from past batches only: unbiased for this one
-                a, b = _halves(f.shape[0], self.split)
-                lam_a, lam_b = (control_variate_moments(f[h], tf[h], beta) for h in (a, b))
+                lam_a, lam_b = ((a[h] + beta * c[h]).mean(0) for h in _halves(f.shape[0], self.split))
                 if fx.requires_grad:
-                    self.cv_stats.update(f, tf)
+                    self.cv_stats.update(a, c)
             else:
                 lam_a, lam_b = self._half_moments(f)
         loss = self._objective(fx, fx, tfx, tfx, (lam_a, lam_b, lam_a, lam_b))
@@ -176,7 +178,7 @@ class NestedLoRA(SplitHalves, SpectralLoss):
         return LossOutput(loss, cross / norms, gram, norms)
 
 
-def _products(f: Tensor, tf: Tensor) -> tuple[Tensor, Tensor]:
+def cv_products(f: Tensor, tf: Tensor) -> tuple[Tensor, Tensor]:
     """Per point: ``a[i, m, l] = f_m f_l`` and the zero-mean ``c[i, m, l] = (Tf_m) f_l - f_m (Tf_l)``."""
     a = f.unsqueeze(2) * f.unsqueeze(1)  # (n, L, L)
     c = tf.unsqueeze(2) * f.unsqueeze(1) - f.unsqueeze(2) * tf.unsqueeze(1)  # (n, L, L), antisymmetric in m, l
@@ -192,7 +194,7 @@ def control_variate_moments(f: Tensor, tf: Tensor, beta: Tensor) -> Tensor:
     symmetric. Near eigenfunctions ``c_ml ≈ (λ_m - λ_l) f_m f_l``, so ``β_ml ≈ -1/(λ_m - λ_l)`` cancels most of
     the noise that a leading mode's large norm puts into the deflation terms of the later modes.
     """
-    a, c = _products(f, tf)
+    a, c = cv_products(f, tf)
     return (a + beta * c).mean(0)
 
 
@@ -217,8 +219,8 @@ class ControlVariateStats(torch.nn.Module):
         tiny = torch.finfo(cc.dtype).tiny
         return torch.where(cc > tiny, -self.ac / cc.clamp_min(tiny), torch.zeros_like(cc))
 
-    def update(self, f: Tensor, tf: Tensor) -> None:
-        a, c = _products(f, tf)
+    def update(self, a: Tensor, c: Tensor) -> None:
+        """Fold one batch's products ``a``, ``c`` (``(n, L, L)``, see :func:`control_variate_moments`) in."""
         w = self.decay
         for buf, new in ((self.ac, (a * c).mean(0)), (self.cc, (c * c).mean(0))):
             # bias-corrected EMA: buf = Σ w^k new_k / Σ w^k
