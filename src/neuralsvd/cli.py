@@ -73,12 +73,13 @@ def _config(args: argparse.Namespace, method: str | None) -> ExperimentConfig:
 
 
 def _list() -> None:
+    width = max(map(len, [*PROBLEMS, *METHODS]))
     print("problems:")
     for p in PROBLEMS.values():
-        print(f"  {p.name:<16} {p.description}")
+        print(f"  {p.name:<{width}} {p.description}")
     print("methods:")
     for name, (desc, _) in METHODS.items():
-        print(f"  {name:<16} {desc}")
+        print(f"  {name:<{width}} {desc}")
 
 
 def _eval(args: argparse.Namespace) -> None:
