@@ -9,8 +9,11 @@ variant, and saves the curves (mean relative energy error and subspace distance 
     python benchmarks/hydrogen_accuracy.py --variants paper,ratio-gauss,ratio-gauss-radial,psi-gauss,best --steps 6000 \\
         --plot docs/figures/hydrogen-ablation.png --json runs/hydrogen-ablation.json
     python benchmarks/hydrogen_accuracy.py --variants best --modes 16 --steps 50000 --seeds 0 --eval-every 5000
+    python benchmarks/hydrogen_accuracy.py --variants best --steps 10000 --seeds 0 1 --eval-every 1000 \\
+        --methods neuralsvd-seq,neuralsvd-seq-paper,neuralsvd-joint,neuralsvd-joint-paper,neuralef,neuralef-unbiased
 
-``--list`` prints the variants. Extra ``--set KEY=VALUE`` apply to every variant (after its own).
+``--list`` prints the variants. Extra ``--set KEY=VALUE`` apply to every variant (after its own);
+``--methods`` runs each listed method (``neuralsvd list``) on every variant.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ def plot(runs: list[dict], path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="ratio-gauss,best", help="comma-separated names (see --list)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated methods (neuralsvd list) to run on every variant; default: the preset's")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--modes", type=int, default=None, help="default: the preset's (9 for hydrogen)")
@@ -158,27 +163,30 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print("command: python benchmarks/hydrogen_accuracy.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} steps per run")
-    header = (f"{'variant':20s} {'seed':>4} {'train s':>7} {'mean rel':>9} {'E0 rel':>9} {'per-shell rel':>32} "
+    header = (f"{'variant':28s} {'seed':>4} {'train s':>7} {'mean rel':>9} {'E0 rel':>9} {'per-shell rel':>32} "
               f"{'sub avg':>9} {'sub all':>9}")
     print(header)
     runs = []
-    for name in names:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else [None]
+    for name, method in ((n, m) for n in names for m in methods):
         v = VARIANTS[name]
-        common = [f"train.steps={args.steps}", *([f"modes={args.modes}"] if args.modes else [])]
+        common = [f"train.steps={args.steps}", *([f"modes={args.modes}"] if args.modes else []),
+                  *([f"method={method}"] if method else [])]
         base = get_problem(v.preset).default_config().with_overrides([*v.overrides, *args.overrides, *common])
+        label = f"{name}/{method}" if method else name
         rows = []
         for seed in args.seeds:
-            row = {"variant": name, **run_once(base.with_overrides([f"seed={seed}"]), args.eval_every)}
+            row = {"variant": label, **run_once(base.with_overrides([f"seed={seed}"]), args.eval_every)}
             rows.append(row)
             shells = " ".join(f"{e:.1e}" for e in row["shell_rel_error"])
-            print(f"{name:20s} {seed:>4} {row['train_seconds']:>7.0f} {row['mean_rel_error']:>9.2e} "
+            print(f"{label:28s} {seed:>4} {row['train_seconds']:>7.0f} {row['mean_rel_error']:>9.2e} "
                   f"{row['ground_state_rel_error']:>9.2e} {shells:>32} {row['subspace_distance_avg']:>9.2e} "
                   f"{row['subspace_distance_all']:>9.2e}", flush=True)
         if len(rows) > 1:
             mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("mean_rel_error", "ground_state_rel_error",
                                                                     "subspace_distance_avg", "subspace_distance_all")}
             shells = " ".join(f"{sum(s) / len(s):.1e}" for s in zip(*(r["shell_rel_error"] for r in rows)))
-            print(f"{name:20s} {'mean':>4} {'':>7} {mean['mean_rel_error']:>9.2e} {mean['ground_state_rel_error']:>9.2e} "
+            print(f"{label:28s} {'mean':>4} {'':>7} {mean['mean_rel_error']:>9.2e} {mean['ground_state_rel_error']:>9.2e} "
                   f"{shells:>32} {mean['subspace_distance_avg']:>9.2e} {mean['subspace_distance_all']:>9.2e}", flush=True)
         runs += rows
     if args.plot:

@@ -69,3 +69,13 @@ def test_short_budget_smoke(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["neuralsvd-seq", "neuralef"]
     assert all(len(r["eigenvalues"]) == 4 and r["mean_rel_error"] > 0 for r in rows)
+
+
+def test_hydrogen_ablation_runs_each_method_on_each_variant(tmp_path):
+    out = tmp_path / "methods.json"
+    assert _load("hydrogen_accuracy").main(
+        ["--variants", "best", "--methods", "neuralsvd-seq-paper,neuralef", "--steps", "10", "--seeds", "0",
+         "--modes", "2", "--eval-every", "10", "--set", "model.hidden=(8, 8)", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["variant"] for r in runs] == ["best/neuralsvd-seq-paper", "best/neuralef"]
+    assert runs[0]["mean_rel_error"] != runs[1]["mean_rel_error"]
