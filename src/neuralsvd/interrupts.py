@@ -1,8 +1,8 @@
 """Polite stops: SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) during :func:`~neuralsvd.fit`
 finish the current step, save a checkpoint and raise :class:`TrainingInterrupted`.
 
-The handlers are installed only while ``fit`` trains with a checkpoint folder, only in the main thread,
-and the previous handlers are restored afterwards. A second signal while the run is finishing its step
+The handlers are installed only while ``fit`` trains with a checkpoint folder, only in the main thread
+and not for a signal the process ignores, and the previous handlers are restored afterwards. A second signal while the run is finishing its step
 or saving aborts at once (the previous checkpoint stays intact: writes are atomic).
 """
 
@@ -71,7 +71,8 @@ class StopRequests:
     def __enter__(self) -> StopRequests:
         if self.enabled and threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # a signal the caller ignores stays ignored
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
