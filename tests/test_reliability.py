@@ -287,3 +287,22 @@ def test_lock_refuses_a_concurrent_run_and_dies_with_its_holder(tmp_path, capsys
     assert (tmp_path / ".neuralsvd.lock").exists()
     assert cli.main(argv) == 0
     assert (tmp_path / "metrics.json").exists()
+
+
+def test_stop_requests_leave_ignored_signals_and_other_threads_alone():
+    import threading
+
+    from neuralsvd.interrupts import StopRequests
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequests():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(StopRequests().__enter__()._previous))
+    thread.start()
+    thread.join()
+    assert seen == [{}]
