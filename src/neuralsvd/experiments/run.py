@@ -9,6 +9,7 @@ eigenvalue estimates), ``eigenfunctions.png`` and ``training_curve.png``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -49,7 +50,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
     except OSError as err:
         raise OutputError(err.errno, f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(13, f"the output folder {out_dir} is not writable")
+        raise OutputError(errno.EACCES, f"the output folder {out_dir} is not writable")
 
 
 def _check_memory(config: ExperimentConfig, operator: Any, options: dict[str, Any]) -> None:
