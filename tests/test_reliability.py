@@ -7,6 +7,7 @@ import errno
 import importlib
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -67,6 +68,8 @@ def test_signal_saves_the_step_and_resume_is_bitwise_identical(tmp_path, sig):
     assert err.checkpoint_path == tmp_path / "b" / "checkpoint.pt"
     assert load_checkpoint(err.checkpoint_path)["step"] == 33
     assert signal.getsignal(sig) is before  # the handlers are restored
+    again = pickle.loads(pickle.dumps(err))  # crosses process boundaries intact
+    assert (again.signal, again.step, again.checkpoint_path, str(again)) == (sig, 33, err.checkpoint_path, str(err))
     resumed = nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), checkpoint_dir=tmp_path / "b",
                        resume=True, **FIT)
     assert resumed.extras["resumed_from"] == 33

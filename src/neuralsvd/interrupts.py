@@ -46,6 +46,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return exit_code(self.signal)
 
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.signal, self.checkpoint_path, self.step, self.saved)
+
 
 class StopRequests:
     """While active (a context manager), SIGINT and SIGTERM set :attr:`signal` instead of interrupting;
