@@ -11,6 +11,7 @@ state, for ``--resume``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import atomic_write
 from .decomposition import decomposition_of
 from .result import FitResult
 
@@ -53,11 +55,7 @@ def save(result: FitResult, run_dir: str | Path) -> Path:
         "steps_per_second": result.steps_per_second,
         "extras": json.loads(json.dumps(result.extras)),  # plain data only
     }
-    path = Path(run_dir) / RESULT_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(Path(run_dir) / RESULT_NAME, lambda fh: torch.save(state, fh))
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> FitResult:
@@ -168,10 +166,13 @@ def write_history(history: dict[str, Tensor], path: str | Path, label: str = "ei
     def cell(v: float) -> Any:
         return "" if math.isnan(v) else repr(v)
 
-    path = Path(path)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
+    def write(fh: Any) -> None:
+        text = io.TextIOWrapper(fh, newline="", encoding="utf-8")
+        writer = csv.writer(text)
         writer.writerow(["step", "loss", *(f"{label}_{i}" for i in range(num))])
         for s, lo, row in zip(steps, loss, values):
             writer.writerow([s, cell(lo), *(cell(v) for v in row)])
-    return path
+        text.flush()
+        text.detach()
+
+    return atomic_write(Path(path), write, durable=False)

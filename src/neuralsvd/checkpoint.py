@@ -7,36 +7,98 @@ and read with ``torch.load(weights_only=True)``: no code from a file is ever exe
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
+__all__ = ["CheckpointError", "FolderLockedError", "atomic_write", "capture_rng", "load_checkpoint", "lock_folder",
+           "restore_rng", "save_checkpoint"]
+
+LOCK_NAME = ".neuralsvd.lock"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable (corrupted, truncated) or from a different model/run."""
 
 
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> Path:
+    """Write a file atomically: ``write(fh)`` into ``path.tmp``, flush (and fsync if ``durable``), rename
+    over ``path``. On any failure (disk full, an interrupt) the temporary file is removed and ``path`` is
+    left as it was; an ``OSError`` is re-raised with the path and that guarantee in its message."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+            raise OSError(err.errno, f"could not write {path}: {reason}; nothing was replaced (the previous "
+                                     f"{path.name}, if any, is intact)") from err
+        raise
+    if durable:
+        with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    return path
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); on failure the previous
+    checkpoint is untouched and no temporary file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+class FolderLockedError(RuntimeError):
+    """Another live process is writing to this output folder."""
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (its ``.neuralsvd.lock`` file) for the block: a second process
+    asking for it gets :class:`FolderLockedError` naming the holder's pid. The lock is ``flock`` on an
+    open file, so the operating system releases it when the holder exits or crashes (even ``kill -9``):
+    a stale lock file never blocks. Where ``fcntl`` does not exist the block runs unlocked."""
+    folder = Path(folder)
+    path = folder / LOCK_NAME
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderLockedError(f"{folder} is in use by another neuralsvd run (pid {holder}); wait for it "
+                                    "to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
     finally:
-        os.close(dir_fd)
+        os.close(fd)  # releases the lock; the file stays (unlinking it would race with a waiting run)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

@@ -5,6 +5,7 @@ and ``neuralsvd export RUN_DIR``."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -14,12 +15,18 @@ import numpy as np
 import torch
 
 from .artifacts import EXPORT_NAME, ArtifactError, export, load
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, FolderLockedError
 from .experiments import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, run
 from .experiments.compare import compare, comparison_table
 from .fit import DivergenceError
+from .interrupts import TrainingInterrupted, exit_code
+from .resources import ResourceError
 
 DEFAULT_COMPARISON = "neuralsvd-seq,neuralsvd-joint,spin,neuralef"
+#: exit codes: 2 bad request or output folder (configuration, arguments, unusable checkpoint, folder not
+#: writable, disk full, folder in use by another run), 3 training diverged, 4 the machine cannot serve the
+#: request (no such device, not enough memory), 128 + signal when stopped by SIGINT (130) or SIGTERM (143)
+EXIT_ERROR, EXIT_DIVERGED, EXIT_RESOURCES = 2, 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,11 +113,23 @@ def _export(args: argparse.Namespace) -> None:
     print(f"torch.export program written to {path}; load it with torch.export.load(path).module()")
 
 
+def _resume_hint(argv: Sequence[str], out: str) -> str:
+    """The command that continues this run."""
+    args = list(argv)
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", out]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["neuralsvd", *args])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "list":
         _list()
         return 0
+    out = None
     try:
         if args.command == "eval":
             _eval(args)
@@ -133,12 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--resume needs --out DIR (the folder of the run to continue)")
         out = args.out or f"runs/{config.problem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run(config, out, resume=args.resume, progress=not args.no_progress)
-    except (ArtifactError, ConfigError, CheckpointError, ValueError, TypeError, OSError, NotImplementedError) as err:
+    except TrainingInterrupted as err:  # a signal during training: the checkpoint is saved (or intact)
+        sys.stdout.flush()
+        hint = f"; continue with: {_resume_hint(argv, out)}" if err.checkpoint_path and out else ""
+        print(f"neuralsvd: {err}{hint}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside training (setting up, evaluating, plotting)
+        print("neuralsvd: interrupted", file=sys.stderr, flush=True)
+        return exit_code(2)
+    except ResourceError as err:
         print(f"neuralsvd: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_RESOURCES
+    except (ArtifactError, ConfigError, CheckpointError, FolderLockedError, ValueError, TypeError, OSError,
+            NotImplementedError) as err:
+        print(f"neuralsvd: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
     except DivergenceError as err:
         print(f"neuralsvd: training diverged: {err}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
     return 0
 
 

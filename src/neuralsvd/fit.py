@@ -18,9 +18,11 @@ import torch
 from ._validation import check_positive_int
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .decomposition import Decomposition, Model, check_model
+from .interrupts import StopRequests, TrainingInterrupted
 from .losses.base import SpectralLoss
 from .operators.base import Operator
 from .readout import READOUTS, estimate_eigenvalues, norm_ratio
+from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
 from .training_state import (
     CHECKPOINT_KEYS,
@@ -31,7 +33,8 @@ from .training_state import (
     flush_denormals,
 )
 
-__all__ = ["FIT_OPTIONS", "CheckpointError", "DivergenceError", "FitResult", "estimate_eigenvalues", "fit"]
+__all__ = ["FIT_OPTIONS", "CheckpointError", "DivergenceError", "FitResult", "ResourceError", "TrainingInterrupted",
+           "estimate_eigenvalues", "fit", "estimate_fit_memory"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -81,7 +84,10 @@ def fit(
         device, dtype: where and in which precision to train (default dtype: the model's).
         checkpoint_dir, checkpoint_every, resume: write ``checkpoint.pt`` atomically every
             ``checkpoint_every`` steps and at the end; with ``resume`` continue from it. On CPU a resumed
-            run ends bitwise identical to an uninterrupted one.
+            run ends bitwise identical to an uninterrupted one. With a ``checkpoint_dir``, SIGINT (Ctrl-C)
+            and SIGTERM (preemption) finish the current step, save a checkpoint and raise
+            :class:`~neuralsvd.interrupts.TrainingInterrupted` (main thread only; the previous handlers
+            are restored when ``fit`` returns); a second signal aborts at once.
         progress, log_every: tqdm bar with loss and eigenvalue estimates; every ``log_every`` steps the
             run is also checked for non-finite values (the only host synchronization).
         max_rollbacks, lr_backoff: divergence guard. A non-finite loss, eigenvalue estimate or parameter
@@ -97,61 +103,118 @@ def fit(
     **Returns:** a :class:`FitResult`; modes are ordered leading first.
 
     **Raises:** ``ValueError``/``TypeError`` for bad input; :class:`~neuralsvd.checkpoint.CheckpointError`
-    for an unusable checkpoint; :class:`DivergenceError` when the guard gives up.
+    for an unusable checkpoint; :class:`DivergenceError` when the guard gives up;
+    :class:`~neuralsvd.resources.ResourceError` before training when the device does not exist or the
+    estimated peak memory exceeds what is available, and during training when an allocation fails (the
+    last checkpoint is left intact); :class:`~neuralsvd.interrupts.TrainingInterrupted` on a signal;
+    ``OSError`` when a checkpoint cannot be written (the previous one is intact).
     """
     dec = _check_fit_args(model, operator, loss, steps, batch_size, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size, max_rollbacks, lr_backoff, checkpoint_every,
                           readout)
-    device = torch.device(device)
+    device = check_device(device)
     modules = dec.modules(model)
     first = next((p for m in modules for p in m.parameters()), None)
     dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
-    for m in modules:
-        m.to(device=device, dtype=dtype).train()
-    operator.to(device)
-    loss.to(device)
-    torch.manual_seed(seed)
-    loss.attach(dec.assemble(modules))
-    loss.prepare(operator)
-    run = TrainingState(modules, dec, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay, seed,
-                        device, dtype, batch_size)
+    held = sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.device == device)
+    check_memory(estimate_fit_memory(model, operator, loss.num_modes, batch_size=batch_size, steps=steps, optimizer=optimizer,
+                                     ema_decay=ema_decay, dtype=dtype, eval_batch_size=eval_batch_size),
+                 device, held=held)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if resume:
-        if ckpt_path is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        run.load_state_dict(load_checkpoint(ckpt_path, device, CHECKPOINT_KEYS), ckpt_path)
-    else:  # validate the problem once, on a real batch, before spending compute on it
-        operator.validate(dec.inputs(dec.sample(operator, batch_size, run.generator, dtype)))
-        run.generator.manual_seed(seed)
-    start = run.step
+    saved = {"step": None}  # the step of the last checkpoint this call wrote or resumed from
 
-    bar = _ProgressBar(progress, steps, start, operator, loss, run)
-    last_good = run.snapshot()
-    t0 = time.perf_counter()
-    with flush_denormals():
-        while run.step < steps:
-            run.train_step()
-            step = run.step
-            due_checkpoint = ckpt_path is not None and checkpoint_every > 0 and step % checkpoint_every == 0
-            if step % log_every == 0 or step == steps or due_checkpoint:
-                if not run.guard(last_good, max_rollbacks, lr_backoff):
-                    bar.rewind(run.step)
-                    continue
-                last_good = run.snapshot()
-                if callback is not None:
-                    callback(step, dec.final_model(loss, dec.assemble(run.final_modules())))
-                    for m in run.modules:
-                        m.train()
-                bar.show(step)
-                if due_checkpoint:
-                    save_checkpoint(ckpt_path, run.state_dict())
-            bar.update()
-    wall = time.perf_counter() - t0
-    bar.close()
-    if ckpt_path is not None and start < steps:
+    def save() -> None:
         save_checkpoint(ckpt_path, run.state_dict())
-    return _result(run, dec, operator, loss, steps, start, wall, seed, eval_batches,
-                   eval_batch_size or max(batch_size, 1024), dtype, readout)
+        saved["step"] = run.step
+
+    def where() -> str:
+        if saved["step"] is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint {ckpt_path} (step {saved['step']}) is intact"
+
+    with StopRequests(enabled=ckpt_path is not None) as stop:
+        try:
+            with allocation_failures_as(f"out of memory on {device} while setting up the run"):
+                for m in modules:
+                    m.to(device=device, dtype=dtype).train()
+                operator.to(device)
+                loss.to(device)
+                torch.manual_seed(seed)
+                loss.attach(dec.assemble(modules))
+                loss.prepare(operator)
+                run = TrainingState(modules, dec, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay,
+                                    seed, device, dtype, batch_size)
+                if resume:
+                    if ckpt_path is None:
+                        raise ValueError("resume=True needs checkpoint_dir")
+                    run.load_state_dict(load_checkpoint(ckpt_path, device, CHECKPOINT_KEYS), ckpt_path)
+                    saved["step"] = run.step
+                else:  # validate the problem once, on a real batch, before spending compute on it
+                    operator.validate(dec.inputs(dec.sample(operator, batch_size, run.generator, dtype)))
+                    run.generator.manual_seed(seed)
+            start = run.step
+            bar = _ProgressBar(progress, steps, start, operator, loss, run)
+            last_good = run.snapshot()
+            t0 = time.perf_counter()
+            oom = lambda: f"out of memory on {device} at step {run.step + 1}; {where()}"  # noqa: E731
+            with flush_denormals(), allocation_failures_as(oom):
+                while run.step < steps:
+                    run.train_step()
+                    step = run.step
+                    due_checkpoint = ckpt_path is not None and checkpoint_every > 0 and step % checkpoint_every == 0
+                    checked = step % log_every == 0 or step == steps or due_checkpoint
+                    if checked:
+                        if not run.guard(last_good, max_rollbacks, lr_backoff):
+                            bar.rewind(run.step)
+                            continue
+                        last_good = run.snapshot()
+                        if callback is not None:
+                            callback(step, dec.final_model(loss, dec.assemble(run.final_modules())))
+                            for m in run.modules:
+                                m.train()
+                        bar.show(step)
+                        if due_checkpoint:
+                            save()
+                    bar.update()
+                    if stop.signal is not None:  # Ctrl-C or SIGTERM: save this step and stop
+                        if not checked and not run.guard(last_good, max_rollbacks, lr_backoff):
+                            bar.rewind(run.step)  # rolled back to the last healthy check: save that
+                        if saved["step"] != run.step:
+                            save()
+                        bar.close()
+                        raise TrainingInterrupted(stop.signal, ckpt_path, run.step, saved=True)
+            wall = time.perf_counter() - t0
+            bar.close()
+            if ckpt_path is not None and start < steps:
+                save()
+            if stop.signal is not None:
+                raise TrainingInterrupted(stop.signal, ckpt_path, run.step, saved=True)
+        except TrainingInterrupted as err:
+            if err.saved:
+                raise
+            raise TrainingInterrupted(err.signal, ckpt_path if saved["step"] is not None else None,
+                                      saved["step"]) from None
+    with allocation_failures_as(lambda: f"out of memory on {device} in the final read-out (training is complete; "
+                                f"{where()})"):
+        return _result(run, dec, operator, loss, steps, start, wall, seed, eval_batches,
+                       eval_batch_size or max(batch_size, 1024), dtype, readout)
+
+
+def estimate_fit_memory(model: Model, operator: Operator, num_modes: int, *, batch_size: int, steps: int,
+                        optimizer: str = "adam", ema_decay: float | None = None, dtype: torch.dtype | None = None,
+                        eval_batch_size: int | None = None):
+    """Estimated peak memory of ``fit(model, operator, loss, ...)`` for a loss of ``num_modes`` modes (a
+    :class:`~neuralsvd.resources.MemoryEstimate`); works on a model built on the ``meta`` device, so a
+    run can be checked before its weights are allocated."""
+    dec = check_model(model)
+    modules = dec.modules(model)
+    first = next((p for m in modules for p in m.parameters()), None)
+    dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
+    dim = getattr(operator, "dim", None)
+    laplacian = getattr(operator, "laplacian_method", None) is not None
+    return estimate_peak_memory(modules, num_modes, int(dim) if isinstance(dim, int) else 1,
+                                batch_size=batch_size, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+                                dtype=dtype, laplacian=laplacian, eval_batch_size=eval_batch_size)
 
 
 def _result(run: TrainingState, dec: Decomposition, operator: Operator, loss: SpectralLoss, steps: int, start: int,

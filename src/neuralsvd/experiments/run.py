@@ -8,22 +8,26 @@ eigenvalue estimates), ``eigenfunctions.png`` and ``training_curve.png``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import artifacts
+from ..checkpoint import atomic_write, lock_folder
 from ..evaluation import evaluate
-from ..fit import DivergenceError, fit
+from ..fit import DivergenceError, estimate_fit_memory, fit
+from ..resources import allocation_failures_as, check_device, check_memory
 from .config import DTYPES, ConfigError, ExperimentConfig, fit_options
 from .registry import build_model, get_problem, make_loss, make_operator
 
-__all__ = ["DTYPES", "run", "summary_table"]
+__all__ = ["DTYPES", "OutputError", "run", "summary_table"]
 #: metrics.json fields that are null when a run diverged
 NULL_ON_FAILURE = ("wall_seconds", "steps_per_second", "eigenvalues", "exact_eigenvalues",
                    "eigenvalue_relative_error", "mean_eigenvalue_relative_error", "angle_distance",
@@ -31,9 +35,37 @@ NULL_ON_FAILURE = ("wall_seconds", "steps_per_second", "eigenvalues", "exact_eig
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
+    atomic_write(path, lambda fh: fh.write(text), durable=False)
+
+
+class OutputError(OSError):
+    """The output folder cannot be created or written."""
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and check that files can be written there, with a one-line error if not."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(err.errno, f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(errno.EACCES, f"the output folder {out_dir} is not writable")
+
+
+def _check_memory(config: ExperimentConfig, operator: Any, options: dict[str, Any]) -> None:
+    """Check the device and the estimated peak memory before any weight is allocated (the model is
+    built on the ``meta`` device for its shapes)."""
+    device = check_device(config.device)
+    try:
+        with torch.device("meta"):
+            model = build_model(config, operator)
+    except Exception:  # noqa: BLE001 - a builder that needs real data; fit checks again on the real model
+        return
+    check_memory(estimate_fit_memory(model, operator, config.modes, batch_size=options["batch_size"],
+                                     steps=options["steps"], optimizer=options["optimizer"],
+                                     ema_decay=options["ema_decay"], dtype=options["dtype"],
+                                     eval_batch_size=options["eval_batch_size"]), device)
 
 
 def _check_resume(out_dir: Path, config: ExperimentConfig) -> None:
@@ -64,6 +96,21 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[st
     return out
 
 
+@contextlib.contextmanager
+def _atomic_figure(path: Path) -> Iterator[Path]:
+    """A temporary path for a figure writer, renamed to ``path`` when it succeeds (removed if not)."""
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
+        raise
+
+
 def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
     """A short plain-text table of learned vs exact eigenvalues and the summary metrics."""
     ev, exact, rel = metrics["eigenvalues"], metrics["exact_eigenvalues"], metrics["eigenvalue_relative_error"]
@@ -84,17 +131,35 @@ def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
 
 def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
         echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, evaluate and write the outputs of ``config`` into ``out_dir``; returns the metrics."""
+    """Train, evaluate and write the outputs of ``config`` into ``out_dir``; returns the metrics.
+
+    Before training: the device must exist and the estimated peak memory fit
+    (:class:`~neuralsvd.resources.ResourceError` otherwise); the output folder must be creatable and
+    writable (:class:`OutputError`) and not in use by another run
+    (:class:`~neuralsvd.checkpoint.FolderLockedError`; the lock dies with its process). Every file is
+    written atomically. A signal during training raises :class:`~neuralsvd.interrupts.TrainingInterrupted`
+    after saving the checkpoint (see :func:`neuralsvd.fit`).
+    """
     out_dir = Path(out_dir)
     options = fit_options(config)
-    loss = make_loss(config.method, config.modes)
+    make_loss(config.method, 1)  # an unknown method fails before anything is built
     operator = make_operator(config)
+    _check_memory(config, operator, options)
+    with allocation_failures_as(f"out of memory building the {config.method} loss for {config.modes} modes"):
+        loss = make_loss(config.method, config.modes)
     if resume:
         _check_resume(out_dir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir)
+    with lock_folder(out_dir):
+        return _run_locked(config, out_dir, options, loss, operator, resume, progress, echo)
+
+
+def _run_locked(config: ExperimentConfig, out_dir: Path, options: dict[str, Any], loss: Any, operator: Any,
+                resume: bool, progress: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     _write_json(out_dir / "config.json", config.to_dict())
     torch.manual_seed(config.seed)
-    model = build_model(config, operator)
+    with allocation_failures_as(f"out of memory building the model on {config.device}"):
+        model = build_model(config, operator)
     t = config.train
     header = {"problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
               "batch_size": t.batch_size, "seed": config.seed, "device": config.device}
@@ -120,13 +185,14 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     artifacts.write_history(result.history, out_dir / "history.csv")
     from .. import plotting
 
-    if problem.plot is not None:
-        problem.plot(result, config, out_dir / "eigenfunctions.png")
-    else:
-        plotting.plot_eigenfunctions(result, operator, path=out_dir / "eigenfunctions.png")
+    with _atomic_figure(out_dir / "eigenfunctions.png") as path:
+        if problem.plot is not None:
+            problem.plot(result, config, path)
+        else:
+            plotting.plot_eigenfunctions(result, operator, path=path)
     exact = metrics["exact_eigenvalues"]
-    plotting.plot_training_curve(result.history, torch.tensor(exact) if exact is not None else None,
-                                 path=out_dir / "training_curve.png")
+    with _atomic_figure(out_dir / "training_curve.png") as path:
+        plotting.plot_training_curve(result.history, torch.tensor(exact) if exact is not None else None, path=path)
     echo(summary_table(metrics))
     echo(f"outputs written to {out_dir}/")
     return metrics
