@@ -16,43 +16,29 @@ import time
 
 import pytest
 import torch
+from _runs import FIT, assert_identical_runs, on_sample, small_model
 
 import neuralsvd as nsvd
 from neuralsvd import checkpoint, cli
 from neuralsvd.checkpoint import FolderLockedError, load_checkpoint, lock_folder, save_checkpoint
 from neuralsvd.interrupts import TrainingInterrupted
-from neuralsvd.models import ParallelMLP
 from neuralsvd.operators import HarmonicOscillator
 from neuralsvd.resources import ResourceError
 
-FIT = {"steps": 60, "batch_size": 32, "lr": 3e-3, "ema_decay": 0.9, "checkpoint_every": 20, "log_every": 10,
-       "progress": False, "eval_batches": 2}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CMD = [sys.executable, "-m", "neuralsvd.cli"]
-
-
-def _model() -> ParallelMLP:
-    torch.manual_seed(0)
-    return ParallelMLP(2, 2, hidden=(16, 16))
+_model = small_model
 
 
 def _signal_on_sample(op, calls: dict[int, list[int]]):
     """Make ``op.sample`` send this process the signals ``calls[k]`` on its ``k``-th call (the validation
     batch is call 1, step ``k`` is call ``k + 1``)."""
-    original, count = op.sample, {"n": 0}
 
-    def sample(*args, **kwargs):
-        count["n"] += 1
-        for sig in calls.get(count["n"], []):
+    def action(k: int) -> None:
+        for sig in calls.get(k, []):
             os.kill(os.getpid(), sig)
-        return original(*args, **kwargs)
 
-    op.sample = sample
-    return op
-
-
-def _params(result) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in result.model.parameters()]
+    return on_sample(op, action)
 
 
 # -- signals: finish the step, save, raise; resume is bitwise identical ------------------------------------------
@@ -73,10 +59,7 @@ def test_signal_saves_the_step_and_resume_is_bitwise_identical(tmp_path, sig):
     resumed = nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), checkpoint_dir=tmp_path / "b",
                        resume=True, **FIT)
     assert resumed.extras["resumed_from"] == 33
-    for p, q in zip(_params(whole), _params(resumed)):
-        assert torch.equal(p, q)
-    assert torch.equal(whole.eigenvalues, resumed.eigenvalues)
-    assert torch.equal(whole.history["loss"], resumed.history["loss"])
+    assert_identical_runs(whole, resumed)
 
 
 def test_second_signal_aborts_at_once_and_keeps_the_last_checkpoint(tmp_path):

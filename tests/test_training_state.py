@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from _runs import FIT, assert_identical_runs, on_sample, small_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,13 +22,7 @@ from neuralsvd.checkpoint import CheckpointError, load_checkpoint
 from neuralsvd.models import ParallelMLP
 from neuralsvd.operators import HarmonicOscillator, Schrodinger
 
-FIT = {"steps": 60, "batch_size": 32, "lr": 3e-3, "ema_decay": 0.9, "checkpoint_every": 20, "log_every": 10, "progress": False,
-           "eval_batches": 2}
-
-
-def _model() -> ParallelMLP:
-    torch.manual_seed(0)
-    return ParallelMLP(2, 2, hidden=(16, 16))
+_model = small_model
 
 
 class _Interrupt(Exception):
@@ -36,16 +31,12 @@ class _Interrupt(Exception):
 
 def _interrupt_after(op, calls: int):
     """Make ``op.sample`` raise on its ``calls``-th call (a crash in the middle of training)."""
-    original, count = op.sample, {"n": 0}
 
-    def sample(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] == calls:
+    def action(k: int) -> None:
+        if k == calls:
             raise _Interrupt
-        return original(*args, **kwargs)
 
-    op.sample = sample
-    return op
+    return on_sample(op, action)
 
 
 def _params(result) -> list[torch.Tensor]:
@@ -61,10 +52,7 @@ def test_resumed_run_is_bitwise_identical(tmp_path):
     resumed = nsvd.fit(_model(), HarmonicOscillator(2), nsvd.NestedLoRA(2), checkpoint_dir=tmp_path / "b",
                        resume=True, **FIT)
     assert resumed.extras["resumed_from"] == 40
-    for p, q in zip(_params(whole), _params(resumed)):
-        assert torch.equal(p, q)
-    assert torch.equal(whole.eigenvalues, resumed.eigenvalues)
-    assert torch.equal(whole.history["loss"], resumed.history["loss"])
+    assert_identical_runs(whole, resumed)
 
 
 def test_callback_sees_the_returned_model_and_changes_nothing():

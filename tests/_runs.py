@@ -1,0 +1,40 @@
+"""Shared pieces of the interruption and resume tests: a small run, a hook on sampling, identical runs."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from neuralsvd.models import ParallelMLP
+
+#: a short run with checkpoints every 20 steps and an EMA (so every piece of state must be restored)
+FIT = {"steps": 60, "batch_size": 32, "lr": 3e-3, "ema_decay": 0.9, "checkpoint_every": 20, "log_every": 10,
+       "progress": False, "eval_batches": 2}
+
+
+def small_model() -> ParallelMLP:
+    torch.manual_seed(0)
+    return ParallelMLP(2, 2, hidden=(16, 16))
+
+
+def on_sample(op, action: Callable[[int], None]):
+    """Call ``action(k)`` before ``op.sample``'s ``k``-th call (the validation batch is call 1, step ``k`` is
+    call ``k + 1``); ``action`` may raise or send signals."""
+    original, count = op.sample, {"n": 0}
+
+    def sample(*args, **kwargs):
+        count["n"] += 1
+        action(count["n"])
+        return original(*args, **kwargs)
+
+    op.sample = sample
+    return op
+
+
+def assert_identical_runs(whole, resumed) -> None:
+    """Bitwise the same parameters, eigenvalues and loss history."""
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p.detach(), q.detach())
+    assert torch.equal(whole.eigenvalues, resumed.eigenvalues)
+    assert torch.equal(whole.history["loss"], resumed.history["loss"])
