@@ -24,6 +24,7 @@ from .operators.base import Operator
 from .readout import READOUTS, estimate_eigenvalues, norm_ratio
 from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
+from .revival import ModeRevival
 from .training_state import (
     CHECKPOINT_KEYS,
     OPTIMIZERS,
@@ -64,6 +65,7 @@ def fit(
     max_rollbacks: int = 3,
     lr_backoff: float = 0.5,
     readout: str = "rayleigh",
+    revive: bool = True,
     callback: Callable[[int, Model], None] | None = None,
 ) -> FitResult:
     """Learn the top ``L`` eigen- (or singular-) functions of ``operator`` by minimizing ``loss``.
@@ -96,6 +98,8 @@ def fit(
         eval_batches, eval_batch_size: fresh batches for the final eigenvalue estimates.
         readout: ``"rayleigh"`` (per-mode Rayleigh quotients) or ``"ritz"`` (Rayleigh–Ritz in the learned
             span; EVD only), see :func:`~neuralsvd.readout.estimate_eigenvalues`.
+        revive: re-initialize a mode that collapsed to ``f ≈ 0``, a stationary point of NestedLoRA
+            (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.revival`).
         callback: ``callback(step, model)`` after every healthy ``log_every`` check, with the model as it
             would be returned now (EMA weights, the loss's read-out; for monitoring, e.g. error-vs-step
             curves; it must not train the model). It does not change the run's random streams.
@@ -153,6 +157,7 @@ def fit(
                     operator.validate(dec.inputs(dec.sample(operator, batch_size, run.generator, dtype)))
                     run.generator.manual_seed(seed)
             start = run.step
+            revival = ModeRevival(modules, seed) if revive else None
             bar = _ProgressBar(progress, steps, start, operator, loss, run)
             last_good = run.snapshot()
             t0 = time.perf_counter()
@@ -167,6 +172,8 @@ def fit(
                         if not run.guard(last_good, max_rollbacks, lr_backoff):
                             bar.rewind(run.step)
                             continue
+                        if revival is not None and run.last_eigenvalues is not None:
+                            revival(run.last_norms, run.last_eigenvalues, step, run.opt, run.ema, loss)
                         last_good = run.snapshot()
                         if callback is not None:
                             callback(step, dec.final_model(loss, dec.assemble(run.final_modules())))

@@ -156,6 +156,26 @@ class _BatchedMLP(nn.Module):
         per_mode = {"out_weight": 2, "out_bias": 2, "log_envelope_scale": 0}
         return {name: per_mode.get(name) for name in names}
 
+    @torch.no_grad()
+    def reset_mode(self, mode: int, generator: torch.Generator) -> None:
+        """Draw the parameters that feed output ``mode`` only afresh, as at construction (He-normal weights,
+        zero biases; the envelope scale is kept): the whole network of ``mode`` when disjoint, else its
+        column of the output layer. Used to revive a collapsed mode (:mod:`neuralsvd.revival`)."""
+        def he(shape: tuple[int, ...], fan_in: int, like: Tensor) -> Tensor:
+            return torch.randn(shape, generator=generator, device=like.device).to(like.dtype) * math.sqrt(2.0 / fan_in)
+
+        if not self.disjoint:
+            w = self.out_weight[0, :, mode]
+            w.copy_(he(tuple(w.shape), w.shape[0], w))
+            self.out_bias[0, 0, mode] = 0
+            return
+        w = self.first_weight[:, mode]
+        w.copy_(he(tuple(w.shape), self.first_weight.shape[0], w))
+        for w in (*self.weights, self.out_weight):
+            w[mode] = he(tuple(w[mode].shape), w.shape[1], w)
+        for b in (self.first_bias, *self.biases, self.out_bias):
+            b[mode] = 0
+
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
 
@@ -326,6 +346,13 @@ class Tabular(nn.Module):
     def mode_axes(self) -> dict[str, int | None]:
         """The table ``(points, L)``: column ``m`` is mode ``m``."""
         return {"table": 1}
+
+    @torch.no_grad()
+    def reset_mode(self, mode: int, generator: torch.Generator) -> None:
+        """Draw column ``mode`` afresh with the root-mean-square of the table (to revive a collapsed mode)."""
+        rms = self.table.pow(2).mean().sqrt()
+        column = self.table[:, mode]
+        column.copy_(torch.randn(column.shape, generator=generator, device=column.device).to(column.dtype) * rms)
 
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):

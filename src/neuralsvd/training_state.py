@@ -98,6 +98,8 @@ class TrainingState:
         self.hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
         self.hist_eig = torch.full((steps, loss.num_modes), math.nan, dtype=torch.float64, device=device)
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every step finite since the last check
+        self.last_norms: torch.Tensor | None = None  # the last step's norm estimates and eigenvalues, (L,)
+        self.last_eigenvalues: torch.Tensor | None = None
 
     def train_step(self) -> None:
         batch = self.decomposition.sample(self.operator, self.batch_size, self.generator, self.dtype)
@@ -111,7 +113,10 @@ class TrainingState:
         loss = out.loss.detach()
         self.hist_loss[self.step] = loss
         self.hist_eig[self.step] = out.eigenvalues
-        self.finite &= torch.isfinite(loss) & torch.isfinite(out.eigenvalues).all()  # no host sync
+        self.last_norms, self.last_eigenvalues = out.norm_eigenvalues, out.eigenvalues
+        # a mode at f = 0 exactly has Rayleigh quotient 0/0: collapsed (see revival), not diverged
+        zero = out.norm_eigenvalues == 0 if out.norm_eigenvalues is not None else False
+        self.finite &= torch.isfinite(loss) & (torch.isfinite(out.eigenvalues) | zero).all()  # no host sync
         self.step += 1
 
     def healthy(self) -> bool:

@@ -28,3 +28,44 @@ def test_mode_started_near_zero_recovers(nesting):
     torch.testing.assert_close(result.eigenvalues.double(), torch.tensor([2.5, 4.5, 5.5], dtype=torch.float64),
                                rtol=2e-2, atol=0)
     assert all(0.8 < r < 1.25 for r in result.extras["norm_ratio"])
+
+
+def _zeroed_mode_run(nesting: str, revive: bool, steps: int = 2000) -> nsvd.FitResult:
+    """The problem above with mode 1 *exactly* zero (output weights and bias 0): a stationary point."""
+    op = nsvd.operators.Schrodinger(lambda x: x[:, 0] ** 2 + 2.25 * x[:, 1] ** 2, dim=2, shift=10.0)
+    torch.manual_seed(0)
+    model = nsvd.models.ParallelMLP(2, 3)
+    with torch.no_grad():
+        model.out_weight[1].zero_()
+        model.out_bias[1].zero_()
+    return nsvd.fit(model, op, nsvd.NestedLoRA(3, nesting=nesting), steps=steps, seed=0, progress=False,
+                    revive=revive)
+
+
+@pytest.mark.parametrize("nesting", ["sequential", "joint"])
+def test_mode_at_exactly_zero_is_revived_by_default(nesting):
+    """``f_1 ≡ 0`` exactly: the defaults re-initialize it at the first check (one warning naming mode 1) and
+    the run ends at the closed-form levels 2.5, 4.5, 5.5 with norm ratios near 1."""
+    with pytest.warns(RuntimeWarning, match="mode 1 collapsed") as record:
+        result = _zeroed_mode_run(nesting, revive=True)
+    assert sum("collapsed" in str(w.message) for w in record) == 1
+    torch.testing.assert_close(result.eigenvalues.double(), torch.tensor([2.5, 4.5, 5.5], dtype=torch.float64),
+                               rtol=2e-2, atol=0)
+    assert all(0.8 < r < 1.25 for r in result.extras["norm_ratio"])
+
+
+def test_mode_at_exactly_zero_stays_without_revival():
+    """The control: without the rule the zero mode never moves (every gradient of it vanishes), so the
+    final read-out is 0/0 and the run fails."""
+    with pytest.raises(nsvd.DivergenceError, match="non-finite final eigenvalue"):
+        _zeroed_mode_run("sequential", revive=False, steps=300)
+
+
+def test_revival_never_fires_at_the_optimum():
+    """Near the optimum ``‖f_l‖² = λ_l``; a mode with a non-positive eigenvalue (optimum ``f = 0``) is left
+    alone unless exactly zero."""
+    from neuralsvd.revival import collapsed_modes
+
+    norms = torch.tensor([4.0, 1e-3, 0.0, 1e-9, 1e-12])
+    rayleigh = torch.tensor([4.0, 1e-3, float("nan"), 2.0, -3.0])
+    assert collapsed_modes(norms, rayleigh).tolist() == [False, False, True, True, False]

@@ -55,6 +55,7 @@ class TrainConfig:
     eval_batch_size: Any = None
     max_rollbacks: int = 3
     lr_backoff: float = 0.5
+    revive: bool = True
 
 
 @dataclass

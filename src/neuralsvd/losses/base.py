@@ -98,6 +98,10 @@ class SpectralLoss(nn.Module):
         """Called by :func:`~neuralsvd.fit` before training with the operator, for losses whose best
         estimator depends on it (e.g. :attr:`~neuralsvd.operators.Operator.pointwise`). Default: nothing."""
 
+    def reset_mode(self, mode: int) -> None:
+        """Called by :func:`~neuralsvd.fit` when mode ``mode`` was re-initialized (see
+        :mod:`neuralsvd.revival`): forget running statistics of that mode. Default: nothing."""
+
     def readout(self, model: nn.Module) -> nn.Module:
         """The module whose outputs are the learned eigenfunctions, given the trained model (called by
         :func:`~neuralsvd.fit` after training). Default: the model itself; e.g. SpIN whitens it."""
