@@ -202,55 +202,38 @@ def control_variate_moments(f: Tensor, tf: Tensor, beta: Tensor) -> Tensor:
 
 
 class ControlVariateStats(torch.nn.Module):
-    """Running statistics for the control-variate coefficients, exponential moving averages with bias
-    correction of ``E[a c]``, ``E[c²]`` and ``E[a²]``. Buffers, so checkpointed.
-
-    The coefficient is the variance-optimal ``β = -E[a c] / E[c²]`` (``E[c] = 0`` exactly) where the
-    control variate is well correlated with the moment it corrects, ``ρ² = E[a c]² / (E[a²] E[c²]) ≥``
-    :attr:`min_correlation`, and 0 elsewhere. With ``β`` fitted on past batches the variance is
-    ``Var(a)(1 - ρ²) + (β - β*)² Var(c)``: a weakly correlated pair (inside a degenerate eigenspace ``c``
-    holds only residuals) gains little and a stale ``β`` can add noise, so it keeps the plain estimate.
-    """
-
-    #: the smallest squared correlation at which the control variate is used (it then cuts the variance ≥ 2×)
-    min_correlation = 0.5
+    """Running statistics for the variance-optimal control-variate coefficients ``β = -E[a c] / E[c²]``
+    (``E[c] = 0`` exactly), exponential moving averages with bias correction. Buffers, so checkpointed."""
 
     def __init__(self, num_modes: int, decay: float):
         super().__init__()
         self.decay = decay
         self.register_buffer("ac", torch.zeros(num_modes, num_modes))
         self.register_buffer("cc", torch.zeros(num_modes, num_modes))
-        self.register_buffer("aa", torch.zeros(num_modes, num_modes))
         self.register_buffer("weight", torch.zeros(()))
 
     def reset(self) -> None:
-        for t in (self.ac, self.cc, self.aa, self.weight):
+        for t in (self.ac, self.cc, self.weight):
             t.zero_()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        # checkpoints written before E[a²] was tracked: zeros keep their coefficients ungated, as then
-        state_dict.setdefault(prefix + "aa", torch.zeros_like(self.aa))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def reset_mode(self, mode: int) -> None:
-        """Forget the pairs of ``mode`` (its coefficients are 0 until they are estimated again)."""
-        for t in (self.ac, self.cc, self.aa):
+        """Forget the pairs of ``mode`` (its coefficients are 0 until they are estimated again; the
+        coefficients are ratios, so the common bias correction does not matter)."""
+        for t in (self.ac, self.cc):
             t[mode].zero_()
             t[:, mode].zero_()
 
     def coefficients(self) -> Tensor:
-        """``(L, L)`` antisymmetric ``β``; zero before the first update, where ``c`` vanishes and where the
-        correlation is below :attr:`min_correlation`."""
-        cc, ac = self.cc, self.ac
+        """``(L, L)`` antisymmetric ``β``; zero before the first update and where ``c`` vanishes."""
+        cc = self.cc
         tiny = torch.finfo(cc.dtype).tiny
-        correlated = (cc > tiny) & (ac * ac >= self.min_correlation * self.aa * cc)
-        return torch.where(correlated, -ac / cc.clamp_min(tiny), torch.zeros_like(cc))
+        return torch.where(cc > tiny, -self.ac / cc.clamp_min(tiny), torch.zeros_like(cc))
 
     def update(self, a: Tensor, c: Tensor) -> None:
         """Fold one batch's products ``a``, ``c`` (``(n, L, L)``, see :func:`control_variate_moments`) in."""
         w = self.decay
-        total = self.weight * w + 1.0
-        for buf, new in ((self.ac, (a * c).mean(0)), (self.cc, (c * c).mean(0)), (self.aa, (a * a).mean(0))):
+        for buf, new in ((self.ac, (a * c).mean(0)), (self.cc, (c * c).mean(0))):
             # bias-corrected EMA: buf = Σ w^k new_k / Σ w^k
+            total = self.weight * w + 1.0
             buf.mul_(self.weight * w / total).add_(new.to(buf) / total)
         self.weight.mul_(w).add_(1.0)
