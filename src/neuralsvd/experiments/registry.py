@@ -72,6 +72,8 @@ METHODS: dict[str, tuple[str, Callable[[int], SpectralLoss]]] = {
                             lambda L: NestedLoRA(L, nesting="sequential", control_variate=False)),
     "neuralsvd-joint-paper": ("NestedLoRA, joint nesting, the paper's plain half-batch moments",
                               lambda L: NestedLoRA(L, nesting="joint", control_variate=False)),
+    "neuralsvd-sanger": ("NestedLoRA, sequential, Sanger-type deflation (a pseudo-gradient, as NestedOMM's)",
+                         lambda L: NestedLoRA(L, nesting="sequential", deflation="sanger")),
     "spin": ("SpIN baseline (Pfau et al. 2019): whitened trace, masked gradient, moving averages (decay 0.01)",
              lambda L: SpIN(L, decay=0.01)),
     "neuralef": ("NeuralEF baseline (Deng et al. 2022): batch-normalized outputs, asymmetric deflation",

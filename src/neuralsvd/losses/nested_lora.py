@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .base import LossOutput, SpectralLoss, SplitHalves
 
-__all__ = ["NestedLoRA", "ControlVariateStats", "control_variate_moments", "cv_products"]
+__all__ = ["NestedLoRA", "ControlVariateStats", "control_variate_moments", "cv_products", "sanger_coefficients"]
 
 
 def _halves(n: int, split: bool) -> tuple[slice, slice]:
@@ -42,18 +42,21 @@ class _NestedLoRAFunction(torch.autograd.Function):
     """Value and hand-written gradient of the SVD-form objective (EVD: call with ``g = f``).
 
     Inputs ``tfy = (Tf)(y)`` and ``tadj_gx = (T* g)(x)`` are constants (no gradient flows to them), and so
-    are ``moments = (Λf_a, Λf_b, Λg_a, Λg_b)``, the ``(L, L)`` second-moment estimates of each half that
-    multiply the *other* half's derivative (plain half-batch moments, or control-variate ones).
+    are ``moments = (Λf_a, Λf_b, Λg_a, Λg_b)``, the ``(L, L)`` second-moment estimates of each half (plain
+    half-batch moments, or control-variate ones) that enter the value, and ``grad_moments`` (same layout)
+    that multiply the *other* half's derivative in the gradient: the same moments for the NestedLoRA
+    gradient, the Sanger deflation coefficients for its pseudo-gradient.
     ``v_grad, m_grad`` are the masks of the gradient; ``v_value, m_value`` those of the reported value
     (they differ only for sequential nesting).
     """
 
     @staticmethod
-    def forward(ctx, fx, gy, tfy, tadj_gx, moments, v_value, m_value, v_grad, m_grad, split: bool):  # type: ignore[override]
+    def forward(ctx, fx, gy, tfy, tadj_gx, moments, grad_moments, v_value, m_value, v_grad, m_grad,  # type: ignore[override]
+                split: bool):
         lam_fa, lam_fb, lam_ga, lam_gb = moments
         operator_term = 0.5 * ((gy * tfy).mean(0) + (fx * tadj_gx).mean(0))  # (L,) estimates of ⟨g_l, T f_l⟩
         metric_term = 0.5 * (m_value * (lam_fa * lam_gb + lam_fb * lam_ga)).sum()
-        ctx.save_for_backward(fx, gy, tfy, tadj_gx, v_grad, m_grad, lam_fa, lam_fb, lam_ga, lam_gb)
+        ctx.save_for_backward(fx, gy, tfy, tadj_gx, v_grad, m_grad, *grad_moments)
         ctx.split = split
         return -2 * (v_value * operator_term).sum() + metric_term
 
@@ -69,7 +72,7 @@ class _NestedLoRAFunction(torch.autograd.Function):
         grad_f[b] += fb @ (m_grad * lam_ga) / fb.shape[0]
         grad_g[c] += gc @ (m_grad * lam_fb) / gc.shape[0]
         grad_g[d] += gd @ (m_grad * lam_fa) / gd.shape[0]
-        return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None, None
+        return grad_output * grad_f, grad_output * grad_g, None, None, None, None, None, None, None, None, None
 
 
 class NestedLoRA(SplitHalves, SpectralLoss):
@@ -88,6 +91,13 @@ class NestedLoRA(SplitHalves, SpectralLoss):
             :meth:`prepare` is told the operator allows it (self-adjoint with pointwise ``Tf``, EVD); ``True``
             forces it on for the EVD form, ``False`` off (the paper's plain estimate).
         cv_decay: weight of the past in the running statistics that set the control-variate coefficients.
+        deflation: ``"lora"`` (default): the gradient of the objective. ``"sanger"`` (sequential nesting,
+            EVD only): a Sanger-type pseudo-gradient (as in NestedOMM, Ryu et al. 2025) whose deflation of
+            mode ``k`` by an earlier mode ``m`` uses ``⟨f_m, T f_k⟩ / ‖f_m‖²`` instead of ``⟨f_m, f_k⟩``
+            (:func:`sanger_coefficients`): it removes the projection of ``T f_k`` on ``f_m`` whatever the
+            norm of ``f_m``, where the gradient's deflation is right only once ``‖f_m‖² = λ_m``. Same fixed
+            points ``f_l = sqrt(λ_l) φ_l``; not the gradient of any objective (the reported value is still
+            the objective's).
 
     Read-out: ``eigenvalues`` are Rayleigh quotients ``⟨f,Tf⟩/‖f‖²`` (SVD: ``⟨g,Tf⟩/(‖f‖‖g‖)``),
     ``norm_eigenvalues`` the norm estimator ``‖f‖²`` (SVD: ``‖f‖‖g‖``), both of the learned ``T``.
@@ -96,10 +106,15 @@ class NestedLoRA(SplitHalves, SpectralLoss):
     norms_are_eigenvalues = True
 
     def __init__(self, num_modes: int, nesting: str = "sequential", weights: Sequence[float] | Tensor | None = None,
-                 unbiased: bool | None = None, control_variate: bool | None = None, cv_decay: float = 0.99):
+                 unbiased: bool | None = None, control_variate: bool | None = None, cv_decay: float = 0.99,
+                 deflation: str = "lora"):
         super().__init__(num_modes)
         if nesting not in ("joint", "sequential"):
             raise ValueError(f"unknown nesting {nesting!r}; valid: 'joint', 'sequential'")
+        if deflation not in ("lora", "sanger"):
+            raise ValueError(f"unknown deflation {deflation!r}; valid: 'lora', 'sanger'")
+        if deflation == "sanger" and nesting != "sequential":
+            raise ValueError("deflation='sanger' is a sequential update: use nesting='sequential'")
         if control_variate not in (None, True, False):
             raise ValueError(f"control_variate must be None (auto), True or False, got {control_variate!r}")
         if isinstance(cv_decay, bool) or not isinstance(cv_decay, (int, float)) or not 0 <= cv_decay < 1:
@@ -115,6 +130,7 @@ class NestedLoRA(SplitHalves, SpectralLoss):
         m = v[torch.maximum(idx[:, None], idx[None, :])]  # M_lm = v_max(l,m)
         self.nesting, self.unbiased = nesting, None if unbiased is None else bool(unbiased)
         self.control_variate, self.cv_decay = control_variate, float(cv_decay)
+        self.deflation = deflation
         self.cv_active = bool(control_variate)
         self.register_buffer("v_value", v)
         self.register_buffer("m_value", m)
@@ -137,9 +153,11 @@ class NestedLoRA(SplitHalves, SpectralLoss):
     def reset_mode(self, mode: int) -> None:
         self.cv_stats.reset_mode(mode)
 
-    def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor, moments: tuple[Tensor, ...]) -> Tensor:
+    def _objective(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor, moments: tuple[Tensor, ...],
+                   grad_moments: tuple[Tensor, ...] | None = None) -> Tensor:
         masks = (self.v_value, self.m_value, self.v_grad, self.m_grad)
         return _NestedLoRAFunction.apply(fx, gy, tfy.detach(), tadj_gx.detach(), moments,
+                                         moments if grad_moments is None else grad_moments,
                                          *(t.to(fx) for t in masks), self.split)
 
     def _half_moments(self, f: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,7 +177,14 @@ class NestedLoRA(SplitHalves, SpectralLoss):
                     self.cv_stats.update(a, c)
             else:
                 lam_a, lam_b = self._half_moments(f)
-        loss = self._objective(fx, fx, tfx, tfx, (lam_a, lam_b, lam_a, lam_b))
+        moments = (lam_a, lam_b, lam_a, lam_b)
+        grad_moments = None
+        if self.deflation == "sanger":
+            with torch.no_grad():
+                s_a, s_b = (sanger_coefficients(f[h], tf[h], lam) for h, lam in zip(_halves(f.shape[0], self.split),
+                                                                                   (lam_a, lam_b)))
+            grad_moments = (s_a, s_b, s_a, s_b)
+        loss = self._objective(fx, fx, tfx, tfx, moments, grad_moments)
         with torch.no_grad():
             gram = _second_moment(f)
             norms = gram.diagonal()
@@ -169,6 +194,8 @@ class NestedLoRA(SplitHalves, SpectralLoss):
     def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
         """SVD form: ``f(x)``, ``(T*g)(x)`` of shape ``(n_x, L)`` and ``g(y)``, ``(Tf)(y)`` of shape
         ``(n_y, L)`` (``n_x = n_y`` for paired samples; independent ``x``, ``y`` may differ)."""
+        if self.deflation != "lora":
+            raise NotImplementedError(f"deflation={self.deflation!r} is implemented for the EVD form only")
         self.check_batch(fx, tadj_gx)
         self.check_batch(gy, tfy)
         with torch.no_grad():
@@ -186,6 +213,15 @@ def cv_products(f: Tensor, tf: Tensor) -> tuple[Tensor, Tensor]:
     a = f.unsqueeze(2) * f.unsqueeze(1)  # (n, L, L)
     c = tf.unsqueeze(2) * f.unsqueeze(1) - f.unsqueeze(2) * tf.unsqueeze(1)  # (n, L, L), antisymmetric in m, l
     return a, c
+
+
+def sanger_coefficients(f: Tensor, tf: Tensor, gram: Tensor) -> Tensor:
+    """Sanger deflation coefficients on a batch, ``(L, L)``: ``S[m, k] = mean(f_m Tf_k) / Λ_mm`` off the
+    diagonal (the coefficient of ``f_m`` in the projection of ``Tf_k``) and ``Λ_kk`` on it, from ``f``, ``Tf``
+    ``(n, L)`` and the batch's second moments ``gram = Λ`` ``(L, L)``."""
+    norms = gram.diagonal()  # (L,)
+    s = (f.T @ tf / f.shape[0]) / norms.clamp_min(torch.finfo(norms.dtype).tiny).unsqueeze(1)
+    return torch.where(torch.eye(s.shape[0], dtype=torch.bool, device=s.device), gram, s)
 
 
 def control_variate_moments(f: Tensor, tf: Tensor, beta: Tensor) -> Tensor:
