@@ -53,7 +53,7 @@ def test_fixed_point_is_the_nestedlora_optimum():
     phi = q[:, :L] * n**0.5  # (Tφ)_i = Σ_j A_ij φ_j = λ φ_i, mean(φ²) = 1
     f = phi * lam[:L].sqrt()
     torch.testing.assert_close(_pseudo_gradient(f, a), torch.zeros(n, L, dtype=F64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(sanger_coefficients(f, a @ f, f.T @ f / n), torch.diag(lam[:L]), atol=1e-12, rtol=0)
+    torch.testing.assert_close(sanger_coefficients(f.T @ (a @ f) / n, f.T @ f / n), torch.diag(lam[:L]), atol=1e-12, rtol=0)
 
 
 def test_sanger_deflation_does_not_depend_on_the_leading_norm():

@@ -181,8 +181,8 @@ class NestedLoRA(SplitHalves, SpectralLoss):
         grad_moments = None
         if self.deflation == "sanger":
             with torch.no_grad():
-                s_a, s_b = (sanger_coefficients(f[h], tf[h], lam) for h, lam in zip(_halves(f.shape[0], self.split),
-                                                                                   (lam_a, lam_b)))
+                halves = _halves(f.shape[0], self.split)
+                s_a, s_b = (sanger_coefficients(f[h].T @ tf[h] / f[h].shape[0], lam) for h, lam in zip(halves, (lam_a, lam_b)))
             grad_moments = (s_a, s_b, s_a, s_b)
         loss = self._objective(fx, fx, tfx, tfx, moments, grad_moments)
         with torch.no_grad():
@@ -215,12 +215,12 @@ def cv_products(f: Tensor, tf: Tensor) -> tuple[Tensor, Tensor]:
     return a, c
 
 
-def sanger_coefficients(f: Tensor, tf: Tensor, gram: Tensor) -> Tensor:
-    """Sanger deflation coefficients on a batch, ``(L, L)``: ``S[m, k] = mean(f_m Tf_k) / Λ_mm`` off the
-    diagonal (the coefficient of ``f_m`` in the projection of ``Tf_k``) and ``Λ_kk`` on it, from ``f``, ``Tf``
-    ``(n, L)`` and the batch's second moments ``gram = Λ`` ``(L, L)``."""
+def sanger_coefficients(cross: Tensor, gram: Tensor) -> Tensor:
+    """Sanger deflation coefficients, ``(L, L)``: ``S[m, k] = ⟨f_m, Tf_k⟩ / ⟨f_m, f_m⟩`` off the diagonal (the
+    coefficient of ``f_m`` in the projection of ``Tf_k``) and ``⟨f_k, f_k⟩`` on it, from estimates of
+    ``cross[m, k] = ⟨f_m, Tf_k⟩`` and ``gram = Λ`` (each ``(L, L)``, e.g. means over a half-batch)."""
     norms = gram.diagonal()  # (L,)
-    s = (f.T @ tf / f.shape[0]) / norms.clamp_min(torch.finfo(norms.dtype).tiny).unsqueeze(1)
+    s = cross / norms.clamp_min(torch.finfo(norms.dtype).tiny).unsqueeze(1)
     return torch.where(torch.eye(s.shape[0], dtype=torch.bool, device=s.device), gram, s)
 
 
