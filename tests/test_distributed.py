@@ -78,7 +78,7 @@ def _torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "neuralsvd", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 SMALL_RUN = ["run", "oscillator", "--modes", "2", "--steps", "30", "--batch-size", "32", "--checkpoint-every", "10",
