@@ -9,8 +9,8 @@ rank ``r`` holds ``m = N / (2P)`` points of the first half and ``m`` of the seco
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
