@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from neuralsvd.distributed import SINGLE, DataParallel, rank_seed
 from neuralsvd.experiments import get_problem
 from neuralsvd.experiments.compare import compare
 from neuralsvd.experiments.registry import make_operator
+from neuralsvd.interrupts import TrainingInterrupted
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,8 @@ def _fit_args(out, resume=False):
 
 def resume_worker(rank: int, world_size: int, tmp: str) -> None:
     """An uninterrupted 2-rank run, one that crashes at step 30 (its last checkpoint: step 20) and its
-    resumption; every rank checks that the resumed run is bitwise the uninterrupted one."""
+    resumption, and one stopped by SIGTERM on rank 0 alone; every rank checks that the resumed runs are
+    bitwise the uninterrupted one."""
     from _runs import assert_identical_runs, on_sample
 
     args, kw = _fit_args(os.path.join(tmp, "whole"))
@@ -139,6 +142,18 @@ def resume_worker(rank: int, world_size: int, tmp: str) -> None:
     resumed = nsvd.fit(*args, **kw)
     assert resumed.extras["resumed_from"] == 20
     assert_identical_runs(whole, resumed)
+
+    def sigterm_on_rank_zero(k: int) -> None:
+        if k == 16 and rank == 0:  # step 15, on one rank only: both stop together at the next check
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    args, kw = _fit_args(os.path.join(tmp, "stopped"))
+    on_sample(args[1], sigterm_on_rank_zero)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        nsvd.fit(*args, **{**kw, "checkpoint_every": 0})
+    assert stopped.value.signal == signal.SIGTERM and stopped.value.step == 20
+    args, kw = _fit_args(os.path.join(tmp, "stopped"), resume=True)
+    assert_identical_runs(whole, nsvd.fit(*args, **{**kw, "checkpoint_every": 0}))
     torch.save({"ok": True}, os.path.join(tmp, f"resume-ok{rank}.pt"))
 
 
