@@ -89,10 +89,26 @@ def loss_steps(name: str, world: DataParallel, steps: int = 2) -> dict:
             "loss": value, "eigenvalues": eigenvalues, "gram": out.gram}
 
 
+def fit_steps(world: DataParallel, steps: int = 4) -> dict:
+    """``fit`` (Adam, float64, NestedLoRA with the control variate) on the oscillator for ``steps`` steps, every
+    batch this rank's share of fixed global batches of ``N`` points; the trained parameters and history."""
+    from _runs import small_model
+
+    op = nsvd.operators.HarmonicOscillator(2)
+    gen = torch.Generator().manual_seed(2)
+    batches = [2.0 * torch.randn(N, 2, generator=gen, dtype=torch.float64) for _ in range(steps + 1)]
+    calls = iter(batches)
+    op.sample = lambda n, generator, dtype: share(next(calls), world).to(dtype)
+    result = nsvd.fit(small_model().double(), op, nsvd.NestedLoRA(2), steps=steps, batch_size=N, dtype=torch.float64,
+                      progress=False, eval_batches=1, distributed=world.active)
+    return {"params": [p.detach().clone() for p in result.model.parameters()], "loss": result.history["loss"]}
+
+
 def losses_worker(rank: int, world_size: int, out: str) -> None:
     world = DataParallel(world_size, rank, rank)
-    torch.save({name: loss_steps(name, world) for name in LOSSES}, os.path.join(out, f"rank{rank}.pt"))
+    results = {name: loss_steps(name, world) for name in LOSSES}
+    torch.save({**results, "fit": fit_steps(world)}, os.path.join(out, f"rank{rank}.pt"))
 
 
 def single_losses() -> dict:
-    return {name: loss_steps(name, SINGLE) for name in LOSSES}
+    return {**{name: loss_steps(name, SINGLE) for name in LOSSES}, "fit": fit_steps(SINGLE)}

@@ -54,6 +54,16 @@ def test_two_ranks_update_equals_one_process_on_the_global_batch(two_rank_steps,
                       else single["spin"]["params"][0])
 
 
+def test_two_rank_fit_equals_one_process_fit_on_the_global_batches(two_rank_steps):
+    """Through ``fit``: broadcast weights, averaged gradients, Adam, the control variate's running statistics."""
+    ranks, single = two_rank_steps
+    for rank in ranks:
+        for p, q in zip(rank["fit"]["params"], single["fit"]["params"]):
+            assert _close(p, q)
+        assert _close(rank["fit"]["loss"], single["fit"]["loss"])
+    assert not _close(single["fit"]["loss"][:1], single["fit"]["loss"][-1:])  # it trained
+
+
 def test_rank_seeds_are_distinct_and_rank_zero_keeps_the_seed():
     assert rank_seed(7, 0) == 7
     seeds = {rank_seed(s, r) for s in range(4) for r in range(8)}
