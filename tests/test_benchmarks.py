@@ -79,3 +79,14 @@ def test_hydrogen_ablation_runs_each_method_on_each_variant(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert [r["variant"] for r in runs] == ["best/neuralsvd-seq-paper", "best/neuralef"]
     assert runs[0]["mean_rel_error"] != runs[1]["mean_rel_error"]
+
+
+def test_scaling_smoke(tmp_path, capsys):
+    """One process, weak and strong rows, a tiny model: the table, the command and positive rates."""
+    out = tmp_path / "scaling.json"
+    assert _load("scaling").main(["--processes", "1", "--no-compile", "--modes", "2", "--batch", "16", "--steps", "6",
+                                  "--check", "3", "--set", "model.hidden=(8, 8)", "--json", str(out)]) == 0
+    assert "command: python benchmarks/scaling.py" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["global_batch"]) for r in rows] == [("weak", 16), ("strong", 32)]
+    assert all(r["samples_per_second"] > 0 and r["efficiency"] == 1.0 for r in rows)

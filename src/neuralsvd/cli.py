@@ -5,6 +5,7 @@ and ``neuralsvd export RUN_DIR``."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -16,6 +17,7 @@ import torch
 
 from .artifacts import EXPORT_NAME, ArtifactError, export, load
 from .checkpoint import CheckpointError, FolderLockedError
+from .distributed import launched_by_torchrun
 from .experiments import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, run
 from .experiments.compare import compare, comparison_table
 from .fit import DivergenceError
@@ -39,10 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(r)
     r.add_argument("--out", default=None, help="output folder (default runs/<problem>-<timestamp>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (runs the "
+                   "command under torchrun; --batch-size is the global batch)")
     c = sub.add_parser("compare", help="run several methods (and seeds) on one problem, tabulate the metrics")
     c.add_argument("problem", help="problem name (see `neuralsvd list`)")
     c.add_argument("--methods", default=DEFAULT_COMPARISON, help=f"comma-separated ({DEFAULT_COMPARISON})")
     c.add_argument("--seeds", type=int, default=1, help="number of seeds per method, from --seed (default 1)")
+    c.add_argument("--jobs", type=int, default=1, help="runs at once, in worker processes (default 1)")
     _add_config_flags(c)
     c.add_argument("--out", required=True, help="output folder (<method>-seed<k>/, comparison.{json,md,png})")
     e = sub.add_parser("eval", help="a finished run's eigenfunctions at new points (.npy in, .npy out)")
@@ -123,8 +128,39 @@ def _resume_hint(argv: Sequence[str], out: str) -> str:
     return shlex.join(["neuralsvd", *args])
 
 
+def torchrun_command(argv: Sequence[str], nproc: int) -> list[str]:
+    """The ``torchrun`` command (one node) that runs ``neuralsvd argv`` without its ``--nproc`` in ``nproc``
+    processes."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be a positive number of processes, got {nproc}")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "neuralsvd", *rest]
+
+
+def _exec_torchrun(argv: Sequence[str], nproc: int) -> None:
+    """Replace this process by ``torchrun`` (signals and the exit status are then torchrun's)."""
+    command = torchrun_command(argv, nproc)
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:  # a data-parallel run joined torchrun's process group: leave it cleanly
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         _list()
@@ -140,11 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "compare":
             config = _config(args, None)
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            records = compare(config, methods, args.out, seeds=args.seeds, progress=not args.no_progress)
+            records = compare(config, methods, args.out, seeds=args.seeds, progress=not args.no_progress,
+                              jobs=args.jobs)
             print(comparison_table(records))
             print(f"comparison written to {args.out}/ ({sum(r['status'] == 'ok' for r in records)} of "
                   f"{len(records)} runs ok)")
             return 0
+        if args.nproc != 1 and not launched_by_torchrun():
+            _exec_torchrun(argv, args.nproc)
         config = _config(args, args.method)
         if config.method not in METHODS:
             raise ConfigError(f"unknown method {config.method!r}; valid methods: {', '.join(METHODS)}")

@@ -18,6 +18,7 @@ import torch
 from ._validation import check_positive_int
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .decomposition import Decomposition, Model, check_model
+from .distributed import DataParallel, data_parallel, rank_seed
 from .interrupts import StopRequests, TrainingInterrupted
 from .losses.base import SpectralLoss
 from .operators.base import Operator
@@ -66,7 +67,9 @@ def fit(
     lr_backoff: float = 0.5,
     readout: str = "rayleigh",
     revive: bool = True,
+    compile: bool = False,
     callback: Callable[[int, Model], None] | None = None,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Learn the top ``L`` eigen- (or singular-) functions of ``operator`` by minimizing ``loss``.
 
@@ -100,9 +103,20 @@ def fit(
             span; EVD only), see :func:`~neuralsvd.readout.estimate_eigenvalues`.
         revive: re-initialize a mode that collapsed to ``f ≈ 0``, a stationary point of NestedLoRA
             (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.revival`).
+        compile: run the model, operator and loss of the training step through ``torch.compile``
+            (the first steps pay the compilation; see the scaling benchmark for when it pays off).
         callback: ``callback(step, model)`` after every healthy ``log_every`` check, with the model as it
             would be returned now (EMA weights, the loss's read-out; for monitoring, e.g. error-vs-step
             curves; it must not train the model). It does not change the run's random streams.
+        distributed: data-parallel training (:mod:`neuralsvd.distributed`). ``None`` (default): when this
+            process is a rank of an initialized ``torch.distributed`` process group, or was launched by
+            ``torchrun``; ``True``: the same, an error without one; ``False``: never. Then ``batch_size``
+            is the *global* batch: each of the ``P`` ranks draws ``batch_size / P`` points from its own
+            random stream (seeded from ``seed`` and the rank), the update equals the one-process update
+            on the global batch, a CUDA ``device`` without index means ``cuda:LOCAL_RANK``, only rank 0
+            writes checkpoints (holding every rank's random streams; resuming needs the same number of
+            ranks), the divergence guard and a stop on SIGINT/SIGTERM are decided at the ``log_every``
+            checks on all ranks at once, and every rank returns the same result.
 
     **Returns:** a :class:`FitResult`; modes are ordered leading first.
 
@@ -113,22 +127,26 @@ def fit(
     last checkpoint is left intact); :class:`~neuralsvd.interrupts.TrainingInterrupted` on a signal;
     ``OSError`` when a checkpoint cannot be written (the previous one is intact).
     """
-    dec = _check_fit_args(model, operator, loss, steps, batch_size, optimizer, lr, schedule, warmup, ema_decay,
+    world = data_parallel(distributed, device)
+    rank_batch = _rank_batch(batch_size, world)
+    dec = _check_fit_args(model, operator, loss, steps, rank_batch, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size, max_rollbacks, lr_backoff, checkpoint_every,
                           readout)
-    device = check_device(device)
+    device = check_device(world.device(device))
     modules = dec.modules(model)
     first = next((p for m in modules for p in m.parameters()), None)
     dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
     held = sum(p.numel() * p.element_size() for m in modules for p in m.parameters() if p.device == device)
-    check_memory(estimate_fit_memory(model, operator, loss.num_modes, batch_size=batch_size, steps=steps, optimizer=optimizer,
+    check_memory(estimate_fit_memory(model, operator, loss.num_modes, batch_size=rank_batch, steps=steps, optimizer=optimizer,
                                      ema_decay=ema_decay, dtype=dtype, eval_batch_size=eval_batch_size),
                  device, held=held)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     saved = {"step": None}  # the step of the last checkpoint this call wrote or resumed from
 
     def save() -> None:
-        save_checkpoint(ckpt_path, run.state_dict())
+        state = run.state_dict()  # a collective: every rank takes part, rank 0 writes
+        if world.is_main:
+            save_checkpoint(ckpt_path, state)
         saved["step"] = run.step
 
     def where() -> str:
@@ -141,24 +159,26 @@ def fit(
             with allocation_failures_as(f"out of memory on {device} while setting up the run"):
                 for m in modules:
                     m.to(device=device, dtype=dtype).train()
+                    world.broadcast_([*m.parameters(), *m.buffers()])  # every rank starts from rank 0's
                 operator.to(device)
                 loss.to(device)
-                torch.manual_seed(seed)
+                torch.manual_seed(rank_seed(seed, world.rank))
+                loss.use_data_parallel(world)
                 loss.attach(dec.assemble(modules))
                 loss.prepare(operator)
                 run = TrainingState(modules, dec, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay,
-                                    seed, device, dtype, batch_size)
+                                    seed, device, dtype, rank_batch, world, compile)
                 if resume:
                     if ckpt_path is None:
                         raise ValueError("resume=True needs checkpoint_dir")
                     run.load_state_dict(load_checkpoint(ckpt_path, device, CHECKPOINT_KEYS), ckpt_path)
                     saved["step"] = run.step
                 else:  # validate the problem once, on a real batch, before spending compute on it
-                    operator.validate(dec.inputs(dec.sample(operator, batch_size, run.generator, dtype)))
-                    run.generator.manual_seed(seed)
+                    operator.validate(dec.inputs(dec.sample(operator, rank_batch, run.generator, dtype)))
+                    run.generator.manual_seed(rank_seed(seed, world.rank))
             start = run.step
             revival = ModeRevival(modules, seed) if revive else None
-            bar = _ProgressBar(progress, steps, start, operator, loss, run)
+            bar = _ProgressBar(progress and world.is_main, steps, start, operator, loss, run)
             last_good = run.snapshot()
             t0 = time.perf_counter()
             oom = lambda: f"out of memory on {device} at step {run.step + 1}; {where()}"  # noqa: E731
@@ -183,13 +203,14 @@ def fit(
                         if due_checkpoint:
                             save()
                     bar.update()
-                    if stop.signal is not None:  # Ctrl-C or SIGTERM: save this step and stop
+                    signum = _stop_signal(stop.signal, world, checked)
+                    if signum is not None:  # Ctrl-C or SIGTERM: save this step and stop
                         if not checked and not run.guard(last_good, max_rollbacks, lr_backoff):
                             bar.rewind(run.step)  # rolled back to the last healthy check: save that
                         if saved["step"] != run.step:
                             save()
                         bar.close()
-                        raise TrainingInterrupted(stop.signal, ckpt_path, run.step, saved=True)
+                        raise TrainingInterrupted(signum, ckpt_path, run.step, saved=True)
             wall = time.perf_counter() - t0
             bar.close()
             if ckpt_path is not None and start < steps:
@@ -205,6 +226,27 @@ def fit(
                                 f"{where()})"):
         return _result(run, dec, operator, loss, steps, start, wall, seed, eval_batches,
                        eval_batch_size or max(batch_size, 1024), dtype, readout)
+
+
+def _rank_batch(batch_size: int, world: DataParallel) -> int:
+    """Each rank's share of the global ``batch_size``."""
+    check_positive_int("batch_size", batch_size)
+    if batch_size % world.world_size:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the number of data-parallel processes "
+                         f"({world.world_size}): it is the global batch, split evenly over the ranks")
+    return batch_size // world.world_size
+
+
+def _stop_signal(signum: int | None, world: DataParallel, checked: bool) -> int | None:
+    """The signal to stop on after this step, if any. In one process: as soon as one arrived. Data-parallel:
+    at the checks only, on every rank at once when one arrived on any rank (ranks in a collective must
+    not leave it); a rank that saw none stops on the others' signal."""
+    if not world.active:
+        return signum
+    if not checked:
+        return None
+    agreed = world.maximum(signum or 0)
+    return agreed or None
 
 
 def estimate_fit_memory(model: Model, operator: Operator, num_modes: int, *, batch_size: int, steps: int,

@@ -17,7 +17,8 @@ from torch import nn
 
 from .checkpoint import CheckpointError, capture_rng, restore_rng
 from .decomposition import Decomposition, Model
-from .losses.base import SpectralLoss
+from .distributed import SINGLE, DataParallel, rank_seed
+from .losses.base import LossOutput, SpectralLoss
 from .operators.base import Operator
 
 __all__ = [
@@ -41,6 +42,7 @@ class DivergenceError(RuntimeError):
 
 CHECKPOINT_KEYS = ("models", "optimizer", "scheduler", "loss", "ema", "step", "rng", "lr_scale", "rollbacks",
                    "history")
+
 
 
 def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -78,12 +80,16 @@ class TrainingState:
 
     ``state_dict``/``load_state_dict`` give the checkpoint; ``snapshot``/``restore`` the in-memory copy
     the divergence guard rolls back to (parameters, optimizer, schedule, EMA and loss state; the sampling
-    stream is not rewound, so a retry sees fresh batches).
+    stream is not rewound, so a retry sees fresh batches). In a data-parallel ``world`` every rank holds
+    one (identical but for the random streams, seeded by :func:`~neuralsvd.distributed.rank_seed`); the
+    step averages the gradients over ranks, the checks decide on all ranks at once, and the checkpoint
+    holds every rank's random streams.
     """
 
     def __init__(self, modules: tuple[nn.Module, ...], decomposition: Decomposition, operator: Operator,
                  loss: SpectralLoss, optimizer: str, lr: float, schedule: str, steps: int, warmup: int,
-                 ema_decay: float | None, seed: int, device: torch.device, dtype: torch.dtype, batch_size: int):
+                 ema_decay: float | None, seed: int, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 world: DataParallel = SINGLE, compile: bool = False):
         self.modules, self.decomposition, self.operator, self.loss = modules, decomposition, operator, loss
         self.model: Model = decomposition.assemble(modules)
         self.params = [p for m in modules for p in m.parameters()]
@@ -92,7 +98,9 @@ class TrainingState:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.factor)
         self.base_lr, self.ema_decay = lr, ema_decay
         self.ema = [p.detach().clone() for p in self.params] if ema_decay is not None else None
-        self.generator = torch.Generator(device).manual_seed(seed)
+        self.world = world
+        self.forward = torch.compile(self._forward) if compile else self._forward
+        self.generator = torch.Generator(device).manual_seed(rank_seed(seed, world.rank))
         self.batch_size, self.dtype = batch_size, dtype
         self.step, self.lr_scale, self.rollbacks = 0, 1.0, 0
         self.hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
@@ -103,28 +111,37 @@ class TrainingState:
 
     def train_step(self) -> None:
         batch = self.decomposition.sample(self.operator, self.batch_size, self.generator, self.dtype)
-        out = self.decomposition.loss_output(self.operator, self.loss, self.model, batch)
+        out = self.forward(batch)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        norms = out.norm_eigenvalues
+        if norms is None:
+            loss, eigenvalues = self.world.average_gradients(self.params, out.loss.detach(), out.eigenvalues)
+        else:
+            loss, eigenvalues, norms = self.world.average_gradients(self.params, out.loss.detach(), out.eigenvalues,
+                                                                    norms)
         self.opt.step()
         self.sched.step()
         if self.ema is not None:
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.ema_decay)
-        loss = out.loss.detach()
-        self.hist_loss[self.step] = loss
-        self.hist_eig[self.step] = out.eigenvalues
-        self.last_norms, self.last_eigenvalues = out.norm_eigenvalues, out.eigenvalues
+        self.hist_loss[self.step] = loss  # data-parallel: the mean over ranks of the batch estimates
+        self.hist_eig[self.step] = eigenvalues
+        self.last_norms, self.last_eigenvalues = norms, eigenvalues
         # a mode at f = 0 exactly has Rayleigh quotient 0/0: collapsed (see revival), not diverged
-        zero = out.norm_eigenvalues == 0 if out.norm_eigenvalues is not None else False
-        self.finite &= torch.isfinite(loss) & (torch.isfinite(out.eigenvalues) | zero).all()  # no host sync
+        zero = norms == 0 if norms is not None else False
+        self.finite &= torch.isfinite(loss) & (torch.isfinite(eigenvalues) | zero).all()  # no host sync
         self.step += 1
+
+    def _forward(self, batch: Any) -> LossOutput:
+        """The loss on one batch (model, operator and loss: what ``compile`` compiles)."""
+        return self.decomposition.loss_output(self.operator, self.loss, self.model, batch)
 
     def healthy(self) -> bool:
         """Whether every loss and eigenvalue estimate since the last call, and every parameter (hence every
-        gradient applied), is finite. Synchronizes with the device."""
+        gradient applied), is finite, on every rank. Synchronizes with the device (and the ranks)."""
         ok = bool(self.finite) and all(bool(torch.isfinite(p).all()) for p in self.params)
         self.finite.fill_(True)
-        return ok
+        return self.world.all_true(ok)
 
     def _set_lr_scale(self, scale: float) -> None:
         self.lr_scale = scale
@@ -185,10 +202,12 @@ class TrainingState:
         return False
 
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (a collective in a data-parallel world: every rank gathers the random streams)."""
         done = self.step
         return {
             **self._core_state(),
-            "rng": capture_rng(self.generator),
+            "rng": self.world.gather(capture_rng(self.generator)),  # one entry per rank
+            "world_size": self.world.world_size,
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
             "history": {"loss": self.hist_loss[:done].cpu(), "eigenvalues": self.hist_eig[:done].cpu()},
@@ -201,7 +220,14 @@ class TrainingState:
                 raise ValueError("the checkpoint has no EMA weights but ema_decay is set")
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint {path} does not match this model/optimizer/loss: {err}") from err
-        restore_rng(state["rng"], self.generator)
+        world = int(state.get("world_size", 1))
+        if world != self.world.world_size:
+            raise CheckpointError(f"checkpoint {path} was written by a run on {world} process(es), this run has "
+                                  f"{self.world.world_size}: resume with the same number (torchrun --nproc-per-node "
+                                  f"{world} or neuralsvd run --nproc {world}); each rank continues its own random "
+                                  "stream")
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one process
+        restore_rng(rngs[self.world.rank], self.generator)
         self.rollbacks = int(state["rollbacks"])
         self._set_lr_scale(float(state["lr_scale"]))
         done = min(self.step, self.hist_loss.shape[0])

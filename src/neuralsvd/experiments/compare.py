@@ -5,6 +5,10 @@ the runs' ``metrics.json`` records, in run order), ``comparison.md`` (a table: m
 of :data:`~neuralsvd.plotting.COMPARISON_METRICS` and steps/second, mean ± standard deviation over the
 seeds that succeeded) and ``comparison.png`` (:func:`~neuralsvd.plotting.plot_comparison`).
 
+With ``jobs > 1`` the runs go to that many worker processes (spawned, each with ``cores // jobs`` torch
+threads, at least one); the records are those of a sequential run, in the same order (only the timing
+fields differ).
+
 A run that raises is recorded, not re-raised: ``status`` ``"diverged"`` (:class:`~neuralsvd.DivergenceError`)
 or ``"failed"`` (any other exception), with its ``error`` message and null metrics, so one broken method
 never costs the others.
@@ -14,11 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import plotting
 from .._validation import check_positive_int
@@ -46,32 +54,47 @@ def _run_one(config: ExperimentConfig, out_dir: Path, progress: bool) -> dict[st
 
 
 def compare(config: ExperimentConfig, methods: Sequence[str], out_dir: str | Path, seeds: int = 1,
-            progress: bool = False, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run ``config`` with each method for seeds ``config.seed .. config.seed + seeds - 1``; write the
-    comparison files into ``out_dir`` and return the records (see the module docstring)."""
+            progress: bool = False, echo: Callable[[str], None] = print, jobs: int = 1) -> list[dict[str, Any]]:
+    """Run ``config`` with each method for seeds ``config.seed .. config.seed + seeds - 1`` (in ``jobs``
+    worker processes); write the comparison files into ``out_dir`` and return the records (see the
+    module docstring)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown or list(methods)}; "
                           f"valid methods: {', '.join(METHODS)}")
     try:
         check_positive_int("seeds", seeds)
+        check_positive_int("jobs", jobs)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     out_dir = Path(out_dir)
+    runs = [(config.with_overrides([f"method={method!r}", f"seed={seed}"]), out_dir / f"{method}-seed{seed}")
+            for method in methods for seed in range(config.seed, config.seed + seeds)]
     records = []
-    for method in methods:
-        for seed in range(config.seed, config.seed + seeds):
-            cfg = config.with_overrides([f"method={method!r}", f"seed={seed}"])
-            record = _run_one(cfg, out_dir / f"{method}-seed{seed}", progress)
-            records.append(record)
-            echo(f"{method} seed {seed}: {record['status']}"
-                 + (f" ({record['error']})" if record["status"] != "ok" else
-                    f", eigenvalue rel. error {record['mean_eigenvalue_relative_error']}"))
+    for record in _run_all(runs, progress and jobs == 1, jobs):
+        records.append(record)
+        echo(f"{record['method']} seed {record['seed']}: {record['status']}"
+             + (f" ({record['error']})" if record["status"] != "ok" else
+                f", eigenvalue rel. error {record['mean_eigenvalue_relative_error']}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
     (out_dir / "comparison.md").write_text(comparison_table(records) + "\n")
     plotting.plot_comparison(records, path=out_dir / "comparison.png")
     return records
+
+
+def _run_all(runs: list[tuple[ExperimentConfig, Path]], progress: bool, jobs: int) -> Iterator[dict[str, Any]]:
+    """The runs' records in order: here, or in ``jobs`` spawned workers of ``cores // jobs`` threads."""
+    if jobs == 1:
+        for cfg, out in runs:
+            yield _run_one(cfg, out, progress)
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs) if hasattr(os, "sched_getaffinity") else 1
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_one, cfg, out, False) for cfg, out in runs]
+        for future in futures:
+            yield future.result()
 
 
 def _cell(values: list[float]) -> str:

@@ -13,7 +13,7 @@ __all__ = ["DTYPES", "RUN_OPTIONS", "ConfigError", "ExperimentConfig", "ModelCon
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: options of :func:`neuralsvd.fit` that the runner sets itself (not configuration)
-RUN_OPTIONS = ("checkpoint_dir", "resume", "progress", "callback")
+RUN_OPTIONS = ("checkpoint_dir", "resume", "progress", "callback", "distributed")
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     eval_batches: int = 64
     readout: str = "rayleigh"
+    compile: bool = False
     eval_batch_size: Any = None
     max_rollbacks: int = 3
     lr_backoff: float = 0.5

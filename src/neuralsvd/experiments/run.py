@@ -21,6 +21,7 @@ import torch
 
 from .. import artifacts
 from ..checkpoint import atomic_write, lock_folder
+from ..distributed import DataParallel, data_parallel
 from ..evaluation import evaluate
 from ..fit import DivergenceError, estimate_fit_memory, fit
 from ..resources import allocation_failures_as, check_device, check_memory
@@ -139,8 +140,13 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     (:class:`~neuralsvd.checkpoint.FolderLockedError`; the lock dies with its process). Every file is
     written atomically. A signal during training raises :class:`~neuralsvd.interrupts.TrainingInterrupted`
     after saving the checkpoint (see :func:`neuralsvd.fit`).
+
+    Under ``torchrun`` (or in an initialized process group) every rank trains its share of the batch
+    (:mod:`neuralsvd.distributed`); only rank 0 creates, locks and writes ``out_dir``, evaluates and
+    reports; the other ranks return ``{"status": "ok", "rank": r}``.
     """
     out_dir = Path(out_dir)
+    world = data_parallel(None, config.device)
     options = fit_options(config)
     make_loss(config.method, 1)  # an unknown method fails before anything is built
     operator = make_operator(config)
@@ -149,26 +155,32 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
         loss = make_loss(config.method, config.modes)
     if resume:
         _check_resume(out_dir, config)
-    _prepare_out_dir(out_dir)
-    with lock_folder(out_dir):
-        return _run_locked(config, out_dir, options, loss, operator, resume, progress, echo)
+    if world.is_main:
+        _prepare_out_dir(out_dir)
+    with lock_folder(out_dir) if world.is_main else contextlib.nullcontext():
+        return _run_locked(config, out_dir, options, loss, operator, resume, progress, echo, world)
 
 
 def _run_locked(config: ExperimentConfig, out_dir: Path, options: dict[str, Any], loss: Any, operator: Any,
-                resume: bool, progress: bool, echo: Callable[[str], None]) -> dict[str, Any]:
-    _write_json(out_dir / "config.json", config.to_dict())
+                resume: bool, progress: bool, echo: Callable[[str], None], world: DataParallel) -> dict[str, Any]:
+    if world.is_main:
+        _write_json(out_dir / "config.json", config.to_dict())
     torch.manual_seed(config.seed)
     with allocation_failures_as(f"out of memory building the model on {config.device}"):
         model = build_model(config, operator)
     t = config.train
     header = {"problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
-              "batch_size": t.batch_size, "seed": config.seed, "device": config.device}
+              "batch_size": t.batch_size, "seed": config.seed, "device": config.device,
+              "processes": world.world_size}
     try:
         result = fit(model, operator, loss, **options, checkpoint_dir=out_dir, resume=resume, progress=progress)
     except DivergenceError as err:  # never write NaN up as a result
-        _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
-                                                **dict.fromkeys(NULL_ON_FAILURE)})
+        if world.is_main:
+            _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
+                                                    **dict.fromkeys(NULL_ON_FAILURE)})
         raise
+    if not world.is_main:  # every rank holds the same result; rank 0 evaluates and writes it
+        return {"status": "ok", "rank": world.rank}
     problem = get_problem(config.problem)
     report = evaluate(result)
     if problem.extra_metrics is not None:

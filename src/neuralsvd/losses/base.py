@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .._validation import check_positive_int
 from ..autodiff import laplacian
+from ..distributed import SINGLE, DataParallel
 
 __all__ = [
     "LinearReadout",
@@ -59,6 +60,8 @@ class SpectralLoss(nn.Module):
     norms_are_eigenvalues: bool = False
     #: whether every batch is the whole finite population (set by :meth:`use_population_batches`)
     population_batches: bool = False
+    #: the data-parallel world the loss trains in (set by :meth:`use_data_parallel`; one process by default)
+    data_parallel: DataParallel = SINGLE
 
     def __init__(self, num_modes: int):
         super().__init__()
@@ -71,6 +74,20 @@ class SpectralLoss(nn.Module):
         it here (``unbiased=None``: split unless the batch is the population) and warn about settings
         known to bias the result. A standalone call of the loss (no ``fit``) assumes sampled batches."""
         self.population_batches = bool(population)
+
+    def use_data_parallel(self, world: DataParallel) -> None:
+        """Called by :func:`~neuralsvd.fit` before training: the data-parallel world (see
+        :mod:`neuralsvd.distributed`). The loss then passes every batch statistic its update depends on
+        through :meth:`batch_mean`, which makes the statistics, and so the update, those of the global
+        batch. Submodules that declare a ``data_parallel`` attribute (running statistics) get it too."""
+        for module in self.modules():
+            if hasattr(module, "data_parallel"):
+                module.data_parallel = world
+
+    def batch_mean(self, *stats: Tensor) -> tuple[Tensor, ...]:
+        """The global batch's values of batch means ``stats`` computed on this rank's share (the mean over
+        ranks, one all-reduce; unchanged in one process). For detached statistics only."""
+        return self.data_parallel.mean(*stats)
 
     @property
     def min_batch_size(self) -> int:

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..distributed import SINGLE, DataParallel
 from .base import LossOutput, SpectralLoss, SplitHalves
 
 __all__ = ["NestedLoRA", "ControlVariateStats", "control_variate_moments", "cv_products", "sanger_coefficients"]
@@ -177,12 +178,14 @@ class NestedLoRA(SplitHalves, SpectralLoss):
                     self.cv_stats.update(a, c)
             else:
                 lam_a, lam_b = self._half_moments(f)
+            lam_a, lam_b = self.batch_mean(lam_a, lam_b)  # the global batch's halves (data-parallel)
         moments = (lam_a, lam_b, lam_a, lam_b)
         grad_moments = None
         if self.deflation == "sanger":
             with torch.no_grad():
                 halves = _halves(f.shape[0], self.split)
-                s_a, s_b = (sanger_coefficients(f[h].T @ tf[h] / f[h].shape[0], lam) for h, lam in zip(halves, (lam_a, lam_b)))
+                cross = self.batch_mean(*(f[h].T @ tf[h] / f[h].shape[0] for h in halves))
+                s_a, s_b = (sanger_coefficients(c, lam) for c, lam in zip(cross, (lam_a, lam_b)))
             grad_moments = (s_a, s_b, s_a, s_b)
         loss = self._objective(fx, fx, tfx, tfx, moments, grad_moments)
         with torch.no_grad():
@@ -199,7 +202,7 @@ class NestedLoRA(SplitHalves, SpectralLoss):
         self.check_batch(fx, tadj_gx)
         self.check_batch(gy, tfy)
         with torch.no_grad():
-            moments = (*self._half_moments(fx.detach()), *self._half_moments(gy.detach()))
+            moments = self.batch_mean(*self._half_moments(fx.detach()), *self._half_moments(gy.detach()))
         loss = self._objective(fx, gy, tfy, tadj_gx, moments)
         with torch.no_grad():
             gram = _second_moment(fx)
@@ -241,6 +244,8 @@ class ControlVariateStats(torch.nn.Module):
     """Running statistics for the variance-optimal control-variate coefficients ``β = -E[a c] / E[c²]``
     (``E[c] = 0`` exactly), exponential moving averages with bias correction. Buffers, so checkpointed."""
 
+    data_parallel: DataParallel = SINGLE  # set with the loss's (SpectralLoss.use_data_parallel)
+
     def __init__(self, num_modes: int, decay: float):
         super().__init__()
         self.decay = decay
@@ -266,9 +271,10 @@ class ControlVariateStats(torch.nn.Module):
         return torch.where(cc > tiny, -self.ac / cc.clamp_min(tiny), torch.zeros_like(cc))
 
     def update(self, a: Tensor, c: Tensor) -> None:
-        """Fold one batch's products ``a``, ``c`` (``(n, L, L)``, see :func:`control_variate_moments`) in."""
+        """Fold one batch's products ``a``, ``c`` (``(n, L, L)``, see :func:`control_variate_moments`) in
+        (data-parallel: the global batch's means)."""
         w = self.decay
-        for buf, new in ((self.ac, (a * c).mean(0)), (self.cc, (c * c).mean(0))):
+        for buf, new in zip((self.ac, self.cc), self.data_parallel.mean((a * c).mean(0), (c * c).mean(0))):
             # bias-corrected EMA: buf = Σ w^k new_k / Σ w^k
             total = self.weight * w + 1.0
             buf.mul_(self.weight * w / total).add_(new.to(buf) / total)

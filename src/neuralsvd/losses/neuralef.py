@@ -87,7 +87,7 @@ class NeuralEF(SplitHalves, SpectralLoss):
         """``fx = f(x)``, ``tfx = (Tf)(x)``, each ``(n, L)``."""
         self.check_batch(fx, tfx)
         n = fx.shape[0]
-        square = fx.square().mean(0)  # (L,)
+        square = self.data_parallel.mean_with_grad(fx.square().mean(0))  # (L,), of the global batch
         psi = fx * square.rsqrt()  # (n, L), normalized over the batch (with gradient)
         with torch.no_grad():
             if fx.requires_grad:
@@ -96,17 +96,19 @@ class NeuralEF(SplitHalves, SpectralLoss):
                 self.updates += 1
             p = psi.detach()
             tpsi = tfx.detach() * square.detach().rsqrt()  # T is linear: Tψ = Tf / norm
-            r = p.T @ tpsi / n  # (L, L), R_ij = ⟨ψ_i, Tψ_j⟩
+            a, b = slice(0, n // 2), slice(n // 2, n)
+            halves = (_overlaps(p[a]), _overlaps(p[b])) if self.split else ()
+            # (L, L) R_ij = ⟨ψ_i, Tψ_j⟩, the Gram matrix and the half-batch overlaps of the global batch
+            r, gram, *halves = self.batch_mean(p.T @ tpsi / n, p.T @ p / n, *halves)
             ratio = r.triu(1) / (r.diagonal() + _DENOMINATOR_EPS).unsqueeze(1)  # (L, L): R_ij / R_ii, i < j
             value = -(r.diagonal().sum() - (r.triu(1) * ratio).sum())
             if self.split:
-                a, b = slice(0, n // 2), slice(n // 2, n)
-                penalty = torch.cat([tpsi[a] @ _overlaps(p[b]), tpsi[b] @ _overlaps(p[a])], 0)
+                penalty = torch.cat([tpsi[a] @ halves[1], tpsi[b] @ halves[0]], 0)
             else:
                 penalty = tpsi @ ratio  # (n, L)
             grad = -(2.0 / n) * (tpsi - penalty)
         loss = prescribed_gradient(value, [psi], [grad])
-        return LossOutput(loss, r.diagonal().clone(), p.T @ p / n)
+        return LossOutput(loss, r.diagonal().clone(), gram)
 
 
 def _overlaps(psi: Tensor) -> Tensor:

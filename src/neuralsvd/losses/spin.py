@@ -132,8 +132,8 @@ class SpIN(SpectralLoss):
         jacobian = self._batch_jacobian(fx) if training else []
         with torch.no_grad():
             u, tu = fx.detach(), tfx.detach()
-            sigma = u.T @ u / n  # (L, L)
-            pi = u.T @ tu / n  # (L, L)
+            # Σ, Π (L, L) and this batch's Jacobian terms, of the global batch (data-parallel)
+            sigma, pi, *jacobian = self.batch_mean(u.T @ u / n, u.T @ tu / n, *jacobian)
             if training:
                 self.sigma_avg.lerp_(sigma.to(self.sigma_avg), self.decay)
                 for avg, term in zip(self.jacobian_avg.buffers(), jacobian):
