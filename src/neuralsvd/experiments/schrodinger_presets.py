@@ -122,6 +122,7 @@ def _operator(p: dict[str, Any]) -> Operator:
             raise ConfigError(f"operator.{key}='auto' is chosen by the schrodinger problem's prepare step: build "
                               "the operator with make_operator(config)")
     dim = _dim(p)
+    _wants_reference(p)  # a bad choice fails before training
     potential = _checked_potential(p)
     sampler = _sampler(dim, p)
     x = sampler.sample(FINITE_CHECK_POINTS, torch.Generator().manual_seed(0), torch.float64)  # (n, d)
