@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from neuralsvd.potential_expr import (FUNCTIONS, PotentialError, check_bounded_below, check_finite, load_potential,
-                                      parse_potential)
+from neuralsvd.potential_expr import (
+    FUNCTIONS,
+    PotentialError,
+    check_bounded_below,
+    check_finite,
+    load_potential,
+    parse_potential,
+)
 
 X = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.7, 0.9], [1.5, 1.5]], dtype=torch.float64)  # (4, 2)
 x0, x1 = X[:, 0].numpy(), X[:, 1].numpy()
