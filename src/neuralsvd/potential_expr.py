@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FUNCTIONS", "PotentialError", "check_bounded_below", "check_finite", "load_potential",
+__all__ = ["FUNCTIONS", "ExpressionPotential", "PotentialError", "check_bounded_below", "check_finite", "load_potential",
            "parse_potential"]
 
 Potential = Callable[[Tensor], Tensor]

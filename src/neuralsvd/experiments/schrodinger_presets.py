@@ -187,13 +187,14 @@ def _metrics(result: Any, config: ExperimentConfig) -> dict[str, Any]:
 
 
 def _plot(result: Any, config: ExperimentConfig, path: Any) -> None:
-    """Learned eigenfunctions next to the grid reference's (aligned in its degenerate blocks)."""
+    """Learned eigenfunctions next to the grid reference's (aligned in its degenerate blocks) for d ≤ 2,
+    else the generic figure."""
     from matplotlib.text import Text
 
     from .. import plotting
 
     ref = _reference(config)
-    if ref is None:
+    if ref is None or ref.dim > 2:  # the generic figure (and its treatment of d > 2)
         plotting.plot_eigenfunctions(result, path=path)
         return
     fig = plotting.plot_eigenfunctions(result, operator=ref)
