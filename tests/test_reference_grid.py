@@ -3,6 +3,9 @@ estimated error (and the estimate is not wildly pessimistic), its functions orth
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,8 @@ import torch
 from neuralsvd.operators import HarmonicOscillator, Hydrogen2D
 from neuralsvd.potential_expr import parse_potential
 from neuralsvd.reference_grid import GridReference, auto_box, solve_grid, solve_reference
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _solve(potential, dim, modes, points):
@@ -95,3 +100,13 @@ def test_grid_errors():
         solve_grid(parse_potential("log(x0)", 2), 2, 5.0, 8, 2)
     with pytest.raises(ValueError, match="multiple of 4"):
         solve_reference(parse_potential("r**2", 2), 2, 5.0, 10, 2)
+
+
+def test_benchmark_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("reference_grid_bench", ROOT / "benchmarks" / "reference_grid.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--points", "8", "--problems", "oscillator2d"]) == 0
+    out = capsys.readouterr().out
+    assert "oscillator2d" in out and "command: python benchmarks/reference_grid.py --points 8" in out
+

@@ -75,6 +75,7 @@ def test_reference_none(tmp_path):
      "automatic operator.shift, operator.sampler_std, model.envelope_scale come from a grid solve, .* dim ≤ 3"),
     ("r**2", ["--set", "operator.dim=4", "--set", "operator.shift=20.0", "--set", "operator.sampler_std=2.0",
               "--set", "model.envelope_scale=5.0", "--reference", "grid"], "grid reference solves dim ≤ 3"),
+    ("r**2", ["--set", "operator.reference_points=10"], "reference_points must be a positive multiple of 4"),
 ])
 def test_bad_potentials_fail_with_a_message(tmp_path, capsys, potential, extra, message):
     argv = ["run", "schrodinger", "--set", f"operator.potential={potential}", "--steps", "2", "--modes", "2",
@@ -82,6 +83,17 @@ def test_bad_potentials_fail_with_a_message(tmp_path, capsys, potential, extra, 
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert re.search(message, err), err
+
+
+def test_a_failing_reference_leaves_the_run_intact(tmp_path, capsys):
+    """A potential without bound states (no box holds them) and a hand-set shift: training runs, the
+    reference is reported as missing."""
+    argv = ["run", "schrodinger", "--set", "operator.potential=-exp(-r**2)", "--set", "operator.shift=1.0",
+            "--set", "operator.sampler_std=2.0", "--set", "model.envelope_scale=5.0", "--modes", "2", "--steps", "5",
+            "--out", str(tmp_path), *TINY]
+    assert cli.main(argv) == 0
+    assert "no grid reference: the grid reference found no box" in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["reference"] is None
 
 
 def test_reference_flag_needs_a_reference_solver(capsys):

@@ -136,6 +136,9 @@ def _wants_reference(p: dict[str, Any]) -> bool:
     if choice not in REFERENCES:
         raise ConfigError(f"unknown operator.reference {choice!r}; valid: {', '.join(REFERENCES)}")
     dim = _dim(p)
+    points = p.get("reference_points")
+    if points is not None and (isinstance(points, bool) or not isinstance(points, int) or points < 4 or points % 4):
+        raise ConfigError(f"operator.reference_points must be a positive multiple of 4 (or None), got {points!r}")
     if choice == "grid" and dim > MAX_DIM:
         raise ConfigError(f"the grid reference solves dim ≤ {MAX_DIM}, got dim = {dim}; use --reference none")
     return choice == "grid" or (choice == _AUTO and dim <= 2)
@@ -153,10 +156,15 @@ def _solve(key: str, modes: int) -> GridReference:
 
 
 def _reference(config: ExperimentConfig) -> GridReference | None:
+    """The grid reference, or None when not wanted or when it fails (the reason is printed: a trained run
+    still writes its outputs)."""
     if not _wants_reference(config.operator):
         return None
-    # one mode more: evaluate() then sees whether the last level is cut
-    return _solve(json.dumps(config.operator, sort_keys=True), config.modes + 1)
+    try:  # one mode more: evaluate() then sees whether the last level is cut
+        return _solve(json.dumps(config.operator, sort_keys=True), config.modes + 1)
+    except ValueError as err:
+        print(f"schrodinger: no grid reference: {err}")
+        return None
 
 
 #: fields of :func:`neuralsvd.evaluate` reported against the reference, as ``reference_<field>``
