@@ -73,6 +73,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.lr=3e-4 --set model.hidden=(64,64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--reference", choices=("auto", "grid", "none"), default=None,
+                   help="problems without a closed form (schrodinger): compare with a grid solver's spectrum "
+                        "(auto: for d ≤ 2)")
 
 
 def _config(args: argparse.Namespace, method: str | None) -> ExperimentConfig:
@@ -81,7 +84,12 @@ def _config(args: argparse.Namespace, method: str | None) -> ExperimentConfig:
              "train.steps": args.steps, "train.batch_size": args.batch_size,
              "train.checkpoint_every": args.checkpoint_every}
     overrides = [f"{k}={v!r}" for k, v in flags.items() if v is not None] + args.overrides
-    return get_problem(args.problem).default_config().with_overrides(overrides)
+    default = get_problem(args.problem).default_config()
+    if args.reference is not None:
+        if "reference" not in default.operator:
+            raise ConfigError(f"--reference: problem {args.problem!r} has no reference solver")
+        overrides.append(f"operator.reference={args.reference!r}")
+    return default.with_overrides(overrides)
 
 
 def _list() -> None:

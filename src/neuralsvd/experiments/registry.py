@@ -49,6 +49,10 @@ class Problem:
     extra_metrics: Callable[[Any, ExperimentConfig], dict[str, Any]] | None = None
     #: ``(result, config, path)`` drawing eigenfunctions.png where the 1D/2D grid plot does not apply
     plot: Callable[[Any, ExperimentConfig, Any], None] | None = None
+    #: ``config -> None``: replaces ``"auto"`` operator settings by values chosen from the whole
+    #: configuration (e.g. the number of modes), in place, before the operator is built; the runner
+    #: writes config.json after, so the chosen values are recorded and reused by :func:`neuralsvd.load`
+    prepare: Callable[[ExperimentConfig], None] | None = None
 
 
 #: every named problem, by name (filled by :func:`register`)
@@ -104,7 +108,12 @@ def make_loss(method: str, num_modes: int) -> SpectralLoss:
 
 
 def make_operator(config: ExperimentConfig) -> Operator:
-    return get_problem(config.problem).build_operator(config.operator)
+    """The operator of ``config`` (after the problem's :attr:`Problem.prepare`, which may fill in
+    ``config.operator``)."""
+    problem = get_problem(config.problem)
+    if problem.prepare is not None:
+        problem.prepare(config)
+    return problem.build_operator(config.operator)
 
 
 def build_model(config: ExperimentConfig, operator: Operator) -> Any:

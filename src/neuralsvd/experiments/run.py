@@ -113,15 +113,20 @@ def _atomic_figure(path: Path) -> Iterator[Path]:
 
 
 def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
-    """A short plain-text table of learned vs exact eigenvalues and the summary metrics."""
+    """A short plain-text table of learned vs exact eigenvalues and the summary metrics; without a closed
+    form, against the reference solver's values where the problem has one (``reference_*`` fields)."""
     ev, exact, rel = metrics["eigenvalues"], metrics["exact_eigenvalues"], metrics["eigenvalue_relative_error"]
-    lines = [f"{'mode':>4}  {label + ' learned':>14}  {label + ' exact':>14}  {'rel. error':>10}"]
+    against, prefix = "exact", ""
+    if exact is None and metrics.get("reference_eigenvalues") is not None:
+        exact, rel = metrics["reference_eigenvalues"], metrics["reference_eigenvalue_relative_error"]
+        against, prefix = "ref.", "reference_"
+    lines = [f"{'mode':>4}  {label + ' learned':>14}  {label + ' ' + against:>14}  {'rel. error':>10}"]
     for i, e in enumerate(ev):
         ex = f"{exact[i]:14.6f}" if exact is not None else f"{'-':>14}"
         re = f"{rel[i]:10.2e}" if rel is not None else f"{'-':>10}"
         lines.append(f"{i:>4}  {e:14.6f}  {ex}  {re}")
-    for key in ("mean_eigenvalue_relative_error", "angle_distance", "subspace_distance_avg", "subspace_distance_all",
-                "orthogonality_error"):
+    for key in (prefix + "mean_eigenvalue_relative_error", prefix + "angle_distance", prefix + "subspace_distance_avg",
+                prefix + "subspace_distance_all", "orthogonality_error"):
         if metrics.get(key) is not None:
             lines.append(f"{key:>32}: {metrics[key]:.3e}")
     if metrics.get("steps_per_second") is not None:
