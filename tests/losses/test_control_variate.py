@@ -9,7 +9,7 @@ import torch
 
 import neuralsvd as nsvd
 from neuralsvd import NestedLoRA
-from neuralsvd.losses.nested_lora import ControlVariateStats, cv_products, control_variate_moments
+from neuralsvd.losses.nested_lora import ControlVariateStats, control_variate_moments, cv_products
 
 F64 = torch.float64
 
@@ -102,7 +102,7 @@ def test_optimal_coefficients_cut_the_deflation_noise_near_eigenfunctions():
     plain, cv = [], []
     for _ in range(300):
         idx = torch.randint(N, (64,), generator=g)
-        plain.append((f[idx].T @ f[idx] / 64))
+        plain.append(f[idx].T @ f[idx] / 64)
         cv.append(control_variate_moments(f[idx], tf[idx], beta))
     var_plain, var_cv = torch.stack(plain).var(0), torch.stack(cv).var(0)
     off = ~torch.eye(L, dtype=torch.bool)
@@ -137,8 +137,11 @@ def test_fit_turns_the_control_variate_on_only_where_it_is_unbiased():
     assert not forced_off.cv_active
 
 
-def test_default_fit_recovers_dense_eigenpairs_with_minibatches():
-    """Library defaults (control variate on), random minibatches with replacement, vs numpy eigh."""
+@pytest.mark.parametrize("deflation, rtol", [("lora", 2e-2), ("sanger", 4e-2)])
+def test_default_fit_recovers_dense_eigenpairs_with_minibatches(deflation, rtol):
+    """Library defaults (control variate on), random minibatches with replacement, vs numpy eigh; also
+    with the Sanger-type deflation of ``neuralsvd-sanger``, whose ratio coefficients are biased at
+    O(1/batch) (measured: 2.8% on the fourth eigenvalue at batch 16, against < 2% for the gradient)."""
     n, L = 40, 4
     g = torch.Generator().manual_seed(9)
     q, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64, generator=g))
@@ -147,9 +150,9 @@ def test_default_fit_recovers_dense_eigenpairs_with_minibatches():
     op = nsvd.operators.DenseOperator(a)
     torch.manual_seed(0)
     model = nsvd.models.Tabular(n, L).double()
-    result = nsvd.fit(model, op, NestedLoRA(L), steps=3000, batch_size=16, lr=1e-2, progress=False)
+    result = nsvd.fit(model, op, NestedLoRA(L, deflation=deflation), steps=3000, batch_size=16, lr=1e-2, progress=False)
     ref = torch.linalg.eigvalsh(a).flip(0)[:L]
-    torch.testing.assert_close(result.eigenvalues.to(F64), ref, rtol=2e-2, atol=0)
+    torch.testing.assert_close(result.eigenvalues.to(F64), ref, rtol=rtol, atol=0)
     assert nsvd.evaluate(result)["subspace_distance_all"] < 1e-2
 
 

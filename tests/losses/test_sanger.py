@@ -1,12 +1,11 @@
 """NestedLoRA's Sanger-type deflation (``deflation="sanger"``): the pseudo-gradient it applies, its fixed
-points at the NestedLoRA optimum, recovery of a dense matrix's eigenpairs, and its options."""
+points at the NestedLoRA optimum and its options (dense recovery: test_control_variate.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import neuralsvd as nsvd
 from neuralsvd import NestedLoRA
 from neuralsvd.losses.nested_lora import sanger_coefficients
 
@@ -73,20 +72,6 @@ def test_sanger_deflation_does_not_depend_on_the_leading_norm():
             along[deflation, c] = float((t.grad[:, 1] * phi[:, 0]).mean())
     assert along["sanger", 1.0] == pytest.approx(along["sanger", 1.3], rel=1e-12)
     assert along["lora", 1.3] > 1.5 * along["lora", 1.0] > 0  # too strong a deflation pushes away from φ_0
-
-
-def test_default_fit_with_sanger_recovers_dense_eigenpairs_with_minibatches():
-    """``neuralsvd-sanger``'s loss, random minibatches with replacement, vs numpy eigh."""
-    n, L = 40, 4
-    a, _, _ = _dense(n, [4.0, 3.0, 2.0, 1.5], seed=9)
-    op = nsvd.operators.DenseOperator(a)
-    torch.manual_seed(0)
-    model = nsvd.models.Tabular(n, L).double()
-    result = nsvd.fit(model, op, NestedLoRA(L, deflation="sanger"), steps=3000, batch_size=16, lr=1e-2,
-                      progress=False)
-    ref = torch.linalg.eigvalsh(a).flip(0)[:L]
-    torch.testing.assert_close(result.eigenvalues.to(F64), ref, rtol=2e-2, atol=0)
-    assert nsvd.evaluate(result)["subspace_distance_all"] < 1e-2
 
 
 def test_options():

@@ -5,4 +5,4 @@ from .nested_lora import NestedLoRA
 from .neuralef import NeuralEF
 from .spin import SpIN
 
-__all__ = ["SpectralLoss", "LossOutput", "LinearReadout", "NestedLoRA", "SpIN", "NeuralEF"]
+__all__ = ["LinearReadout", "LossOutput", "NestedLoRA", "NeuralEF", "SpIN", "SpectralLoss"]

@@ -20,7 +20,7 @@ unbiased and cancels most of the noise a leading mode's large norm puts into the
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from torch import Tensor
 from ..distributed import SINGLE, DataParallel
 from .base import LossOutput, SpectralLoss, SplitHalves
 
-__all__ = ["NestedLoRA", "ControlVariateStats", "control_variate_moments", "cv_products", "sanger_coefficients"]
+__all__ = ["ControlVariateStats", "NestedLoRA", "control_variate_moments", "cv_products", "sanger_coefficients"]
 
 
 def _halves(n: int, split: bool) -> tuple[slice, slice]:
