@@ -15,7 +15,7 @@ Four ways, all through :func:`laplacian`:
   ``E[v vᵀ] = I``; one forward-over-forward jvp along each gives ``vᵀ∇f`` and ``vᵀ(∇²f)v``, so that
   ``Δf ≈ (1/k) Σ_j v_jᵀ(∇²f)v_j`` and ``∇f ≈ (1/k) Σ_j v_j (v_jᵀ∇f)``, both unbiased. The cost is about
   ``4k`` forward passes whatever ``d`` (the exact jet pushes ``d + 1`` channels). ``"hutchinson-axes"``
-  draws ``k`` distinct coordinate axes per point, scaled by ``sqrt(d / k)``: exact at ``k = d``.
+  draws ``k`` distinct coordinate axes per point, scaled by ``sqrt(d)``: exact at ``k = d``.
   Only objectives linear in ``Tf`` keep an unbiased gradient with them (NestedLoRA; not NeuralEF or SpIN,
   which normalize or whiten with batch statistics of ``Tf``-dependent terms).
 
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ._validation import check_positive_int
 
-__all__ = ["LAPLACIAN_METHODS", "STOCHASTIC_METHODS", "hutchinson", "laplacian", "probe_directions",
+__all__ = ["LAPLACIAN_METHODS", "STOCHASTIC_METHODS", "directional_derivative", "hutchinson", "laplacian", "probe_directions",
            "value_and_derivatives", "jet_input", "jet_product", "jet_split"]
 
 #: the stochastic methods of :func:`hutchinson` and the probe distribution each uses
@@ -98,7 +98,7 @@ def probe_directions(n: int, d: int, probes: int, distribution: str, dtype: torc
     """``probes`` directions per point, ``(probes, n, d)``, each with ``E[v vᵀ] = I``.
 
     ``"rademacher"``: entries ±1; ``"gaussian"``: standard normal; ``"axes"``: ``probes ≤ d`` distinct
-    coordinate axes per point (uniformly at random), scaled by ``sqrt(d / probes)``, so that
+    coordinate axes per point (uniformly at random), scaled by ``sqrt(d)``, so that
     ``(1/k) Σ_j v_j v_jᵀ`` is ``I`` exactly when ``probes = d``.
     """
     shape = (probes, n, d)
@@ -110,7 +110,7 @@ def probe_directions(n: int, d: int, probes: int, distribution: str, dtype: torc
         if probes > d:
             raise ValueError(f"'axes' probes are distinct coordinate axes: probes must be ≤ d = {d}, got {probes}")
         axes = torch.rand(n, d, generator=generator, device=device).argsort(1)[:, :probes].T  # (probes, n)
-        return torch.nn.functional.one_hot(axes, d).to(dtype) * math.sqrt(d / probes)
+        return torch.nn.functional.one_hot(axes, d).to(dtype) * math.sqrt(d)
     raise ValueError(f"unknown probe distribution {distribution!r}; valid: 'rademacher', 'gaussian', 'axes'")
 
 
@@ -142,6 +142,11 @@ def _directional_estimates(f: Callable[[Tensor], Tensor], x: Tensor, probes: int
     d1, d2 = d1.view(probes, n, -1), d2.view(probes, n, -1)
     grad = torch.einsum("knd,knl->ndl", v, d1) / probes  # (n, d, L)
     return grad, d2.mean(0)
+
+
+def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, w: Tensor) -> Tensor:
+    """``w(x)ᵀ ∇f(x)`` exactly, one forward-mode jvp: ``x (n, d)``, ``w (n, d)`` -> ``(n, L)``."""
+    return torch.func.jvp(f, (x,), (w,))[1]
 
 
 def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2,

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import quadrature as quad
 from .._validation import check_positive_int
-from ..autodiff import LAPLACIAN_METHODS, value_and_derivatives
+from ..autodiff import LAPLACIAN_METHODS, STOCHASTIC_METHODS, directional_derivative, value_and_derivatives
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .multi_index import top_multi_indices
@@ -46,7 +46,8 @@ class Schrodinger(Operator):
             step ``fd_eps``) or an unbiased stochastic estimate with ``probes`` directions per point
             (``"hutchinson"``, ``"hutchinson-gaussian"``, ``"hutchinson-axes"``; see
             :mod:`neuralsvd.autodiff`): ``Tf`` is then unbiased, and so is the NestedLoRA gradient, which is
-            linear in ``Tf``; the read-outs (Rayleigh quotients) stay unbiased too.
+            linear in ``Tf``; the read-outs (Rayleigh quotients) stay unbiased too. With the ratio model
+            the drift term ``∇u·∇f`` is computed exactly (one more jvp), so only ``Δf`` is estimated.
         model_output: ``"ratio"`` (default, the paper's importance trick: the model is ``ψ / sqrt(p)``) or
             ``"psi"`` (the model is ``ψ``; see the module docstring).
     """
@@ -107,7 +108,11 @@ class Schrodinger(Operator):
             else:  # the model is ψ/sqrt(p): Δψ/sqrt(p) from the derivatives of u = ½ log p
                 weight = None
                 _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
-                lap_psi = lap + 2 * (du.unsqueeze(-1) * grad).sum(1) + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
+                if self.laplacian_method in STOCHASTIC_METHODS:  # ∇u·∇f exactly (one jvp): only Δf is random
+                    drift = directional_derivative(f, x, du.to(x))  # (n, L)
+                else:
+                    drift = (du.unsqueeze(-1) * grad).sum(1)
+                lap_psi = lap + 2 * drift + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
             tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap_psi)
         if weight is None:
             return fx, tfx
