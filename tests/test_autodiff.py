@@ -302,3 +302,21 @@ def test_nested_lora_gradient_is_unbiased_under_the_stochastic_laplacian():
     mean, err = samples.mean(0), samples.std(0) / math.sqrt(draws)
     assert float((samples - exact).abs().max()) > 1e-3 * float(exact.abs().max())  # each draw is noisy
     assert bool(((mean - exact).abs() <= 5 * err + 1e-12).all()), float(((mean - exact).abs() / err).max())
+
+
+def test_neuralef_warns_under_the_stochastic_laplacian_unless_split():
+    """NeuralEF's R_ij / R_ii deflation multiplies Tf by Tf moments (biased with a random Tf); its split
+    form and NestedLoRA are linear in Tf and stay silent."""
+    import warnings
+
+    from neuralsvd import NestedLoRA, NeuralEF
+    from neuralsvd.operators import HarmonicOscillator
+
+    stochastic, exact = HarmonicOscillator(3, laplacian="hutchinson"), HarmonicOscillator(3)
+    with pytest.warns(RuntimeWarning, match="NeuralEF\\(unbiased=False\\) is not linear in Tf"):
+        NeuralEF(2).prepare(stochastic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NeuralEF(2).prepare(exact)
+        NeuralEF(2, unbiased=True).prepare(stochastic)
+        NestedLoRA(2).prepare(stochastic)

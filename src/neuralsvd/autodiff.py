@@ -26,15 +26,15 @@ the partial derivatives ``∂/∂x_i``, ``J[d + 1]`` the Laplacian ``Σ_i ∂²/
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ._validation import check_positive_int
 
-__all__ = ["LAPLACIAN_METHODS", "STOCHASTIC_METHODS", "directional_derivative", "hutchinson", "laplacian", "probe_directions",
-           "value_and_derivatives", "jet_input", "jet_product", "jet_split"]
+__all__ = ["LAPLACIAN_METHODS", "STOCHASTIC_METHODS", "directional_derivative", "hutchinson", "jet_input",
+           "jet_product", "jet_split", "laplacian", "probe_directions", "value_and_derivatives"]
 
 #: the stochastic methods of :func:`hutchinson` and the probe distribution each uses
 STOCHASTIC_METHODS = {"hutchinson": "rademacher", "hutchinson-gaussian": "gaussian", "hutchinson-axes": "axes"}
