@@ -131,6 +131,7 @@ def plot(rows: list[dict], probes: list[int], path: Path) -> None:
     ax2.set(xscale="log", yscale="log", xlabel="dimension d", ylabel="‖Tf_s − Tf‖ / ‖Tf‖ per draw",
             title="noise of the stochastic Tf (one draw)")
     for ax in (ax1, ax2):
+        ax.minorticks_off()
         ax.set_xticks(dims, [str(d) for d in dims])
         ax.legend(fontsize=7)
         ax.title.set_fontsize(9)
