@@ -16,8 +16,8 @@ Four ways, all through :func:`laplacian`:
   ``Δf ≈ (1/k) Σ_j v_jᵀ(∇²f)v_j`` and ``∇f ≈ (1/k) Σ_j v_j (v_jᵀ∇f)``, both unbiased. The cost is about
   ``4k`` forward passes whatever ``d`` (the exact jet pushes ``d + 1`` channels). ``"hutchinson-axes"``
   draws ``k`` distinct coordinate axes per point, scaled by ``sqrt(d)``: exact at ``k = d``.
-  Only objectives linear in ``Tf`` keep an unbiased gradient with them (NestedLoRA; not NeuralEF or SpIN,
-  which normalize or whiten with batch statistics of ``Tf``-dependent terms).
+  Only updates linear in ``Tf`` stay unbiased with them: NestedLoRA's (and, as implemented here, SpIN's
+  and split NeuralEF's), not the published NeuralEF's, whose deflation uses ratios of ``Tf`` moments.
 
 A *jet* here is a tensor ``J`` of shape ``(d + 2, *batch, k)``: ``J[0]`` the value, ``J[1 : d + 1]``
 the partial derivatives ``∂/∂x_i``, ``J[d + 1]`` the Laplacian ``Σ_i ∂²/∂x_i²``.
