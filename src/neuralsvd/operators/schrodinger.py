@@ -240,11 +240,9 @@ class HarmonicOscillator(Schrodinger):
                  fd_eps: float = 1e-2, model_output: str = "ratio", probes: int = 1):
         check_positive_int("dim", dim)
         om = [float(omega)] * dim if isinstance(omega, (int, float)) else [float(o) for o in omega]
-        if len(om) != dim:
-            raise ValueError(f"omega must be one frequency or one per axis: {dim} for dim={dim}, got {len(om)} "
-                             f"({omega!r})")
-        if not all(w > 0 and math.isfinite(w) for w in om):
-            raise ValueError(f"omega must be positive finite frequencies, got {omega!r}")
+        if len(om) != dim or not all(w > 0 and math.isfinite(w) for w in om):
+            raise ValueError(f"omega must be a positive float or {dim} positive floats (one per axis for dim={dim}), "
+                             f"got {omega!r}")
         self.omega = om
         shift = 4 * sum(om) + 8 * max(om) if shift is None else shift
         sampler = sampler or Gaussian(dim, 4.0 / math.sqrt(min(om)))
