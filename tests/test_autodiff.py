@@ -215,3 +215,108 @@ def test_laplacian_argument_errors():
         laplacian(_gaussian, torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="unknown Laplacian method 'spectral'; valid: 'exact', 'fd'"):
         laplacian(_gaussian, torch.zeros(3, 2, dtype=F64), method="spectral")
+
+
+# --- stochastic (Hutchinson) estimates ------------------------------------------------------------------
+
+def _single_probe_samples(model, x, method, draws):
+    """``draws`` independent one-probe estimates per point: gradients ``(draws, n, d, L)``, Laplacians
+    ``(draws, n, L)`` (the points repeated, so one call)."""
+    n, d = x.shape
+    _, grad, lap = laplacian(model, x.repeat(draws, 1), method=method, probes=1)
+    return grad.view(draws, n, d, -1), lap.view(draws, n, -1)
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutchinson-gaussian", "hutchinson-axes"])
+def test_stochastic_laplacian_is_unbiased(method):
+    """Mean of 4000 one-probe estimates within 5 standard errors (from the sample variance) of the exact
+    jet, for the Laplacian and the gradient, at every point and output."""
+    d, draws = 5, 4000
+    model = _model(ParallelMLP, d, 2, "softplus", 0, True, None)
+    x = _points(4, d, seed=4)
+    _, grad, lap = laplacian(model, x)
+    torch.manual_seed(0)
+    g_s, l_s = _single_probe_samples(model, x, method, draws)
+    for est, exact in ((l_s, lap), (g_s, grad)):
+        mean, err = est.mean(0), est.std(0) / math.sqrt(draws)
+        assert float(err.max()) > 0  # genuinely random (axis probes: unless H is diagonal)
+        assert bool(((mean - exact).abs() <= 5 * err + 1e-12).all()), float(((mean - exact).abs() / err).max())
+
+
+def test_rademacher_variance_matches_the_off_diagonal_hessian():
+    """One Rademacher probe: Var[vᵀHv] = 2 Σ_{i≠j} H_ij² (autograd Hessian), within 10% at 20000 draws."""
+    d, draws = 4, 20000
+    model = _model(ParallelMLP, d, 1, "tanh", 0, False, None)
+    x = _points(1, d, seed=5)
+    hess = torch.autograd.functional.hessian(lambda xi: model(xi[None])[0, 0], x[0])
+    expected = 2 * ((hess**2).sum() - (hess.diagonal() ** 2).sum())
+    torch.manual_seed(1)
+    _, l_s = _single_probe_samples(model, x, "hutchinson", draws)
+    assert float(l_s[:, 0, 0].var()) == pytest.approx(float(expected), rel=0.1)
+
+
+@pytest.mark.parametrize("cls", [ParallelMLP, MLP])
+def test_axis_probes_are_exact_with_all_d_axes(cls):
+    d = 4
+    model = _model(cls, d, 3, "silu", 8, True, 5.0)
+    x = _points(5, d, seed=6)
+    value, grad, lap = laplacian(model, x)
+    v_s, g_s, l_s = laplacian(model, x, method="hutchinson-axes", probes=d)
+    torch.testing.assert_close(v_s, value, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_s, grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(l_s, lap, rtol=1e-10, atol=1e-10)
+
+
+def test_stochastic_laplacian_rejects_bad_probes():
+    model = _model(ParallelMLP, 3, 1, "tanh", 0, False, None)
+    x = _points(2, 3)
+    with pytest.raises(ValueError, match="probes must be a positive integer"):
+        laplacian(model, x, method="hutchinson", probes=0)
+    with pytest.raises(ValueError, match="probes must be ≤ d = 3"):
+        laplacian(model, x, method="hutchinson-axes", probes=4)
+    with pytest.raises(ValueError, match="valid: 'exact', 'fd', 'hutchinson'"):
+        laplacian(model, x, method="stochastic")
+
+
+def test_nested_lora_gradient_is_unbiased_under_the_stochastic_laplacian():
+    """NestedLoRA is linear in Tf: its parameter gradient averaged over probe draws equals the gradient
+    with the exact Laplacian (5 standard errors), and equals it exactly with all d axis probes."""
+    from neuralsvd import NestedLoRA
+    from neuralsvd.operators import HarmonicOscillator
+
+    d, L, draws = 4, 3, 400
+    model = _model(ParallelMLP, d, L, "softplus", 0, False, None)
+    x = torch.randn(32, d, dtype=F64, generator=torch.Generator().manual_seed(7))
+
+    def gradient(method, probes=1):
+        op = HarmonicOscillator(d, laplacian=method, probes=probes).double()
+        loss = NestedLoRA(L, control_variate=False)
+        model.zero_grad()
+        loss(*op.apply(model, x)).loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    exact = gradient("exact")
+    torch.testing.assert_close(gradient("hutchinson-axes", d), exact, rtol=1e-9, atol=1e-12)
+    torch.manual_seed(2)
+    samples = torch.stack([gradient("hutchinson") for _ in range(draws)])  # (draws, P)
+    mean, err = samples.mean(0), samples.std(0) / math.sqrt(draws)
+    assert float((samples - exact).abs().max()) > 1e-3 * float(exact.abs().max())  # each draw is noisy
+    assert bool(((mean - exact).abs() <= 5 * err + 1e-12).all()), float(((mean - exact).abs() / err).max())
+
+
+def test_neuralef_warns_under_the_stochastic_laplacian_unless_split():
+    """NeuralEF's R_ij / R_ii deflation multiplies Tf by Tf moments (biased with a random Tf); its split
+    form and NestedLoRA are linear in Tf and stay silent."""
+    import warnings
+
+    from neuralsvd import NestedLoRA, NeuralEF
+    from neuralsvd.operators import HarmonicOscillator
+
+    stochastic, exact = HarmonicOscillator(3, laplacian="hutchinson"), HarmonicOscillator(3)
+    with pytest.warns(RuntimeWarning, match="NeuralEF\\(unbiased=False\\) is not linear in Tf"):
+        NeuralEF(2).prepare(stochastic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NeuralEF(2).prepare(exact)
+        NeuralEF(2, unbiased=True).prepare(stochastic)
+        NestedLoRA(2).prepare(stochastic)

@@ -90,3 +90,22 @@ def test_scaling_smoke(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["kind"], r["global_batch"]) for r in rows] == [("weak", 16), ("strong", 32)]
     assert all(r["samples_per_second"] > 0 and r["efficiency"] == 1.0 for r in rows)
+
+
+def test_dimension_smoke(tmp_path, capsys):
+    """Step cost and stochastic-Tf noise per d; exact states in ratio form (linear first shell) have an
+    exact stochastic Tf, the network at initialization does not."""
+    bench = _load("dimension")
+    out = tmp_path / "dim.json"
+    assert bench.main(["--dims", "3", "5", "--probes", "1", "2", "--rounds", "1", "--steps-per-round", "1",
+                       "--draws", "3", "--batch", "16", "--set", "model.hidden=(8, 8)", "--json", str(out),
+                       "--plot", str(tmp_path / "dim.png")]) == 0
+    assert "command: python benchmarks/dimension.py" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dim"], r["modes"]) for r in rows] == [(3, 4), (5, 6)]
+    for r in rows:
+        assert set(r["cpu_s"]) == {"exact", "hutchinson-1", "hutchinson-2"} and min(r["cpu_s"].values()) > 0
+        for k in ("1", "2"):
+            assert r["noise"][k]["exact-states"]["noise"] < 1e-10
+            assert r["noise"][k]["init"]["noise"] > 1e-4
+    assert (tmp_path / "dim.png").stat().st_size > 10_000

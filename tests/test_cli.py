@@ -128,3 +128,29 @@ def test_data_problems_run_end_to_end(problem, overrides, field, tmp_path):
     assert metrics["status"] == "ok" and field in metrics
     for name in ("metrics.json", "eigenfunctions.png", "config.json", "checkpoint.pt"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("dim", [3, 10])
+def test_oscillator_in_any_dimension_finishes_with_every_output(dim, tmp_path):
+    """d > 2: metrics from the exact spectrum (quadrature in d = 3, randomized QMC in d = 10) and the
+    eigenfunction figure as slices; anisotropic frequencies as a tuple."""
+    omega = tuple(1.0 + 0.1 * i for i in range(dim))
+    out = tmp_path / f"d{dim}"
+    args = ["run", "oscillator", "--steps", "5", "--modes", "3", "--out", str(out), "--set", f"operator.dim={dim}",
+            "--set", f"operator.omega={omega}", *TINY]
+    assert cli.main(args) == 0
+    for name in ("metrics.json", "eigenfunctions.png", "training_curve.png", "result.pt"):
+        assert (out / name).stat().st_size > 0, name
+    m = json.loads((out / "metrics.json").read_text())
+    exact = HarmonicOscillator(dim, omega).exact_eigenvalues(3)
+    assert m["exact_eigenvalues"] == pytest.approx(exact.tolist(), rel=1e-12)
+    assert exact[0] == pytest.approx(sum(omega)) and exact[1] == pytest.approx(sum(omega) + 2 * omega[0])
+    assert m["quadrature_error"] < 1e-3
+    assert 0 <= m["subspace_distance_all"] <= 1
+
+
+def test_oscillator_omega_of_the_wrong_length_is_refused(capsys):
+    code = cli.main(["run", "oscillator", "--steps", "1", "--set", "operator.dim=3", "--set", "operator.omega=(1, 2)",
+                     *TINY])
+    assert code == 2
+    assert "operator.omega must be one frequency or a tuple of operator.dim = 3 frequencies" in capsys.readouterr().err

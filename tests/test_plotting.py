@@ -165,3 +165,68 @@ def test_comparison_with_missing_metric_and_repeated_methods(tmp_path):
     assert [p.get_height() for p in eig.patches] == pytest.approx([2e-3, 1e-2])  # means over runs
     with pytest.raises(ValueError, match="method"):
         plotting.plot_comparison([{"angle_distance": 0.1}])
+
+
+@pytest.mark.parametrize("dim", [3, 10])
+def test_eigenfunctions_above_2d_draw_aligned_slices_through_the_origin(dim, tmp_path):
+    """d > 2: images on the x0–x1 plane; with exact functions rotated inside the (d-fold) first shell
+    the aligned learned images equal the exact ones, and the shell states along x_2.. vanish there."""
+    op = HarmonicOscillator(dim)
+    num_modes = dim + 1  # ground state and the first shell
+    blocks = nsvd.metrics.degenerate_blocks(op.exact_eigenvalues(num_modes))
+    assert [len(b) for b in blocks] == [1, dim]
+    result = nsvd.FitResult(
+        model=_RotatedExact(op, _block_rotation(blocks, torch.Generator().manual_seed(1))), operator=op,
+        eigenvalues=op.exact_eigenvalues(num_modes), learned_eigenvalues=torch.zeros(num_modes),
+        order=torch.arange(num_modes), norms=torch.ones(num_modes, dtype=torch.float64), history={}, steps=0,
+        wall_seconds=0.0, steps_per_second=math.nan,
+    )
+    path = tmp_path / "slices.png"
+    fig = plotting.plot_eigenfunctions(result, path=path, resolution=21)
+    _assert_png(path)
+    images = _image_axes(fig)
+    assert len(images) == 2 * num_modes + 1
+    learned = [ax.images[0].get_array() for ax in images[:-1:2]]  # the wrapped rows alternate learned/exact
+    exact = [ax.images[0].get_array() for ax in images[1:-1:2]]
+    peak = max(float(np.abs(e).max()) for e in exact)
+    for mode in range(num_modes):
+        # the rule's error (QMC in d = 10) enters through the alignment only: ~1e-3 of the peak
+        assert np.abs(learned[mode] - exact[mode]).max() < 2e-2 * peak, mode
+    # modes in order: ψ_0, then x_{d-1} ψ_0, ..., x_0 ψ_0 (ties in lexicographic multi-index order)
+    assert [float(np.abs(e).max()) > 0.1 * peak for e in exact] == [True] + [False] * (dim - 2) + [True, True]
+    assert len({ax.images[0].get_clim() for ax in images[:-1]}) == 1  # one color limit for every mode
+    assert "slice x0–x1" in fig.get_suptitle()
+
+
+class _TiltedExact(nn.Module):
+    """Ratio-form model of the exact states ``0..L-1`` with mode 1 tilted by ``θ`` towards state ``L``."""
+
+    def __init__(self, op: Schrodinger, num_modes: int, theta: float):
+        super().__init__()
+        self.op, self.num_modes, self.theta = op, num_modes, theta
+
+    def forward(self, x: Tensor) -> Tensor:
+        psi = self.op.exact_eigenfunctions(x, self.num_modes + 1)  # (n, L + 1)
+        out = psi[:, :-1].clone()
+        out[:, 1] = math.cos(self.theta) * psi[:, 1] + math.sin(self.theta) * psi[:, -1]
+        return out * torch.exp(-0.5 * self.op.sampler.log_prob(x)).unsqueeze(1)
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.3])
+def test_evaluate_in_10d_measures_against_the_rule_orthonormalized_states(theta):
+    """On the randomized QMC rule (error ~1e-4 on the exact states) the exact states score 0, and a tilt
+    by θ out of the wanted space gives subspace distance (all) sin²θ / L (closed form)."""
+    op, num_modes = HarmonicOscillator(10), 11
+    result = nsvd.FitResult(
+        model=_TiltedExact(op, num_modes, theta), operator=op, eigenvalues=op.exact_eigenvalues(num_modes),
+        learned_eigenvalues=torch.zeros(num_modes), order=torch.arange(num_modes),
+        norms=torch.ones(num_modes, dtype=torch.float64), history={}, steps=0, wall_seconds=0.0,
+        steps_per_second=math.nan,
+    )
+    report = nsvd.evaluate(result)
+    assert 1e-5 < report["quadrature_error"] < 5e-4  # the rule is not exact ...
+    expected = math.sin(theta) ** 2 / num_modes
+    if theta == 0.0:  # ... yet the exact states score 0 (angles: to second order in the rule's error)
+        assert report["subspace_distance_all"] < 1e-12 and report["angle_distance"] < 1e-7
+    else:
+        assert report["subspace_distance_all"] == pytest.approx(expected, rel=2e-2)

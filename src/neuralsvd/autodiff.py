@@ -1,6 +1,6 @@
 """Second derivatives of vector-valued functions ``f: R^d -> R^L`` (value, gradient, Laplacian).
 
-Three ways, all through :func:`laplacian`:
+Four ways, all through :func:`laplacian`:
 
 * ``"exact"`` on a model with ``value_and_jet(x)`` (the MLPs of :mod:`neuralsvd.models`) or ``jet(x)``:
   a forward pass that carries value, gradient and Laplacian through each layer ("forward Laplacian").
@@ -10,6 +10,14 @@ Three ways, all through :func:`laplacian`:
   input coordinate, ``d`` passes in all, each covering every output at once; never a loop over outputs).
 * ``"fd"``: central finite differences with step ``eps`` (``2d + 1`` evaluations), an option for
   functions that torch.func cannot trace.
+* ``"hutchinson"`` (Rademacher probes), ``"hutchinson-gaussian"`` and ``"hutchinson-axes"``: unbiased
+  stochastic estimates for large ``d`` (:func:`hutchinson`). ``k`` probe directions ``v`` per point with
+  ``E[v vᵀ] = I``; one forward-over-forward jvp along each gives ``vᵀ∇f`` and ``vᵀ(∇²f)v``, so that
+  ``Δf ≈ (1/k) Σ_j v_jᵀ(∇²f)v_j`` and ``∇f ≈ (1/k) Σ_j v_j (v_jᵀ∇f)``, both unbiased. The cost is about
+  ``4k`` forward passes whatever ``d`` (the exact jet pushes ``d + 1`` channels). ``"hutchinson-axes"``
+  draws ``k`` distinct coordinate axes per point, scaled by ``sqrt(d)``: exact at ``k = d``.
+  Only updates linear in ``Tf`` stay unbiased with them: NestedLoRA's (and, as implemented here, SpIN's
+  and split NeuralEF's), not the published NeuralEF's, whose deflation uses ratios of ``Tf`` moments.
 
 A *jet* here is a tensor ``J`` of shape ``(d + 2, *batch, k)``: ``J[0]`` the value, ``J[1 : d + 1]``
 the partial derivatives ``∂/∂x_i``, ``J[d + 1]`` the Laplacian ``Σ_i ∂²/∂x_i²``.
@@ -17,12 +25,21 @@ the partial derivatives ``∂/∂x_i``, ``J[d + 1]`` the Laplacian ``Σ_i ∂²/
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["laplacian", "value_and_derivatives", "jet_input", "jet_product", "jet_split"]
+from ._validation import check_positive_int
+
+__all__ = ["LAPLACIAN_METHODS", "STOCHASTIC_METHODS", "directional_derivative", "hutchinson", "jet_input",
+           "jet_product", "jet_split", "laplacian", "probe_directions", "value_and_derivatives"]
+
+#: the stochastic methods of :func:`hutchinson` and the probe distribution each uses
+STOCHASTIC_METHODS = {"hutchinson": "rademacher", "hutchinson-gaussian": "gaussian", "hutchinson-axes": "axes"}
+#: every ``method`` of :func:`laplacian`
+LAPLACIAN_METHODS = ("exact", "fd", *STOCHASTIC_METHODS)
 
 Derivatives = tuple[Tensor, Tensor, Tensor]  # value (n, L), gradient (n, d, L), Laplacian (n, L)
 
@@ -76,13 +93,72 @@ def _finite_differences(f: Callable[[Tensor], Tensor], x: Tensor, eps: float) ->
     return value, grad, lap
 
 
-def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2) -> Derivatives:
+def probe_directions(n: int, d: int, probes: int, distribution: str, dtype: torch.dtype,
+                     device: torch.device | str | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """``probes`` directions per point, ``(probes, n, d)``, each with ``E[v vᵀ] = I``.
+
+    ``"rademacher"``: entries ±1; ``"gaussian"``: standard normal; ``"axes"``: ``probes ≤ d`` distinct
+    coordinate axes per point (uniformly at random), scaled by ``sqrt(d)``, so that
+    ``(1/k) Σ_j v_j v_jᵀ`` is ``I`` exactly when ``probes = d``.
+    """
+    shape = (probes, n, d)
+    if distribution == "rademacher":
+        return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+    if distribution == "gaussian":
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if distribution == "axes":
+        if probes > d:
+            raise ValueError(f"'axes' probes are distinct coordinate axes: probes must be ≤ d = {d}, got {probes}")
+        axes = torch.rand(n, d, generator=generator, device=device).argsort(1)[:, :probes].T  # (probes, n)
+        return torch.nn.functional.one_hot(axes, d).to(dtype) * math.sqrt(d)
+    raise ValueError(f"unknown probe distribution {distribution!r}; valid: 'rademacher', 'gaussian', 'axes'")
+
+
+def hutchinson(f: Callable[[Tensor], Tensor], x: Tensor, probes: int = 1, distribution: str = "rademacher",
+               generator: torch.Generator | None = None) -> Derivatives:
+    """Unbiased stochastic gradient and Laplacian of ``f`` at ``x (n, d)`` from ``probes`` directions per
+    point (see :func:`probe_directions`): ``(value (n, L), ∇f estimate (n, d, L), Δf estimate (n, L))``.
+
+    ``Δf ≈ (1/k) Σ_j v_jᵀ (∇²f) v_j`` (Hutchinson's trace estimator) and ``∇f ≈ (1/k) Σ_j v_j (v_jᵀ ∇f)``:
+    both directional derivatives come from one forward-over-forward ``torch.func.jvp`` along ``v_j``,
+    on the ``k n`` points stacked as one batch. The value is exact. Probes are drawn from
+    ``generator`` (default: torch's global generator).
+    """
+    return (f(x), *_directional_estimates(f, x, probes, distribution, generator))
+
+
+def _directional_estimates(f: Callable[[Tensor], Tensor], x: Tensor, probes: int, distribution: str,
+                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The gradient ``(n, d, L)`` and Laplacian ``(n, L)`` estimates of :func:`hutchinson`."""
+    check_positive_int("probes", probes)
+    n, d = x.shape
+    v = probe_directions(n, d, probes, distribution, x.dtype, x.device, generator)  # (k, n, d)
+    xs, vs = x.unsqueeze(0).expand(probes, n, d).reshape(-1, d), v.reshape(-1, d)  # (k n, d)
+
+    def first(y: Tensor) -> Tensor:
+        return torch.func.jvp(f, (y,), (vs,))[1]
+
+    d1, d2 = torch.func.jvp(first, (xs,), (vs,))  # (k n, L) each: vᵀ∇f and vᵀ(∇²f)v
+    d1, d2 = d1.view(probes, n, -1), d2.view(probes, n, -1)
+    grad = torch.einsum("knd,knl->ndl", v, d1) / probes  # (n, d, L)
+    return grad, d2.mean(0)
+
+
+def directional_derivative(f: Callable[[Tensor], Tensor], x: Tensor, w: Tensor) -> Tensor:
+    """``w(x)ᵀ ∇f(x)`` exactly, one forward-mode jvp: ``x (n, d)``, ``w (n, d)`` -> ``(n, L)``."""
+    return torch.func.jvp(f, (x,), (w,))[1]
+
+
+def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2,
+              probes: int = 1) -> Derivatives:
     """Value, gradient and Laplacian of ``f`` at ``x``.
 
     Args:
         f: callable ``(n, d) -> (n, L)``; its ``value_and_jet`` or ``jet`` method is used for ``"exact"``.
         x: points, ``(n, d)``.
-        method: ``"exact"`` (default) or ``"fd"`` (central finite differences with step ``eps``).
+        method: ``"exact"`` (default), ``"fd"`` (central finite differences with step ``eps``) or one of
+            the unbiased stochastic estimates of :data:`STOCHASTIC_METHODS` with ``probes`` directions per
+            point (:func:`hutchinson`).
 
     Returns:
         ``(value (n, L), gradient (n, d, L), laplacian (n, L))``. Whether a graph is kept follows the
@@ -90,6 +166,8 @@ def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", e
     """
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
+    if method in STOCHASTIC_METHODS:
+        return hutchinson(f, x, probes, STOCHASTIC_METHODS[method])
     if method == "exact":
         if callable(getattr(f, "value_and_jet", None)):
             return jet_split(f.value_and_jet(x)[1])
@@ -98,11 +176,11 @@ def laplacian(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", e
         return _exact_functional(f, x)
     if method == "fd":
         return _finite_differences(f, x, eps)
-    raise ValueError(f"unknown Laplacian method {method!r}; valid: 'exact', 'fd'")
+    raise ValueError(f"unknown Laplacian method {method!r}; valid: {', '.join(map(repr, LAPLACIAN_METHODS))}")
 
 
-def value_and_derivatives(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2
-                          ) -> tuple[Tensor, Derivatives]:
+def value_and_derivatives(f: Callable[[Tensor], Tensor], x: Tensor, method: str = "exact", eps: float = 1e-2,
+                          probes: int = 1) -> tuple[Tensor, Derivatives]:
     """``f(x)`` with its autograd graph, and ``(value, gradient, Laplacian)`` without one.
 
     Models with ``value_and_jet`` share one pass between the two; otherwise ``f`` runs once with the
@@ -113,4 +191,6 @@ def value_and_derivatives(f: Callable[[Tensor], Tensor], x: Tensor, method: str 
         return fx, jet_split(jet)
     fx = f(x)
     with torch.no_grad():
-        return fx, laplacian(f, x, method, eps)
+        if method in STOCHASTIC_METHODS:  # the value is fx: only the directional passes remain
+            return fx, (fx.detach(), *_directional_estimates(f, x, probes, STOCHASTIC_METHODS[method]))
+        return fx, laplacian(f, x, method, eps, probes)

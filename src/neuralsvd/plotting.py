@@ -151,10 +151,18 @@ def _mass_extent(points: Tensor, weights: Tensor, values: Tensor) -> float:
 def _spatial_dim(result: FitResult, op: Operator) -> int:
     module = result.decomposition.primary(result.model)
     dim = getattr(op, "dim", None) or getattr(module, "in_features", None)
-    if dim not in (1, 2):
-        raise ValueError(f"plot_eigenfunctions draws problems on R^1 or R^2; {type(op).__name__} has "
-                         f"input dimension {dim}")
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"plot_eigenfunctions draws functions on R^d; {type(op).__name__} has no input "
+                         f"dimension (got {dim!r})")
     return dim
+
+
+def _plane_grid(axis: Tensor, dim: int) -> Tensor:
+    """The ``(r², dim)`` points of the ``x_0``–``x_1`` plane through the origin on ``axis (r,)`` squared
+    (row index ``x_1``), other coordinates 0."""
+    gx, gy = torch.meshgrid(axis, axis, indexing="xy")  # (r, r): row index is y
+    plane = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)  # (r², 2)
+    return torch.cat([plane, plane.new_zeros(plane.shape[0], dim - 2)], 1)
 
 
 # --- eigenfunction figure ---------------------------------------------------------------------------------
@@ -166,16 +174,19 @@ def plot_eigenfunctions(result: FitResult, operator: Operator | None = None, pat
     2D problems: a row of images of the learned ``ψ̂_l`` on ``[-extent, extent]²`` (aligned to the truth
     inside degenerate blocks, see :func:`aligned_eigenfunctions`) above a row of the true ``ψ_l``, with a
     diverging colormap and symmetric limits shared per mode; modes beyond :data:`MAX_COLUMNS` wrap onto
-    further rows. 1D problems: one panel per mode with the learned and true curves. A final panel shows
+    further rows. Problems on ``R^d``, ``d > 2``: the same images on the ``x_0``–``x_1`` plane through the
+    origin (other coordinates 0; alignment and norms still from the whole space), with one color limit
+    for all modes, so that modes vanishing on that plane (e.g. ``x_5 ψ_0``) show as blank rather than as
+    magnified noise. 1D problems: one panel per mode with the learned and true curves. A final panel shows
     ``|⟨ψ̂_i|ψ̂_j⟩|`` of the normalized, unaligned learned functions. Without a closed form only the
     learned functions (normalized, unaligned) and the overlap panel are drawn.
 
     Args:
-        result: a fit of a self-adjoint operator on ``R`` or ``R²``.
+        result: a fit of a self-adjoint operator on ``R^d``.
         operator: defaults to ``result.operator``; needs a :meth:`~neuralsvd.operators.Operator.quadrature`.
         path: save the figure there as PNG (``DPI`` dots per inch).
-        extent: half-width of the plotted box; default: the box holding 99.9% of ``|ψ|²`` of the highest
-            mode (the exact one when there is a closed form).
+        extent: half-width of the plotted box; default: the box (in ``x_0, x_1``) holding 99.9% of ``|ψ|²``
+            of the highest mode (the exact one when there is a closed form).
         resolution: grid points per axis.
 
     Returns the :class:`matplotlib.figure.Figure` (not registered with pyplot).
@@ -196,14 +207,10 @@ def plot_eigenfunctions(result: FitResult, operator: Operator | None = None, pat
         gram = quad.inner(learned_q, learned_q)
         highest = learned_q[:, -1]
     if extent is None:
-        extent = _mass_extent(quad.points, quad.weights, highest)
+        extent = _mass_extent(quad.points[:, :2], quad.weights, highest)
 
     axis = torch.linspace(-extent, extent, resolution, dtype=torch.float64, device=quad.points.device)  # (r,)
-    if dim == 2:
-        gx, gy = torch.meshgrid(axis, axis, indexing="xy")  # (r, r): row index is y
-        grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)  # (r², 2)
-    else:
-        grid = axis.unsqueeze(1)  # (r, 1)
+    grid = axis.unsqueeze(1) if dim == 1 else _plane_grid(axis, dim)  # (r, 1) or (r², d)
     values = _chunked(learned, grid, CHUNK).double()  # (n, L)
     if exact_values is not None:
         learned_grid = _align(values, gram, cross, blocks).cpu().numpy()  # (n, L)
@@ -214,8 +221,12 @@ def plot_eigenfunctions(result: FitResult, operator: Operator | None = None, pat
 
     ncols = min(num_modes, MAX_COLUMNS)
     groups = math.ceil(num_modes / ncols)
-    rows_per_group = 2 if dim == 2 and exact_grid is not None else 1
-    panel = 1.9 if dim == 2 else 2.3
+    rows_per_group = 2 if dim >= 2 and exact_grid is not None else 1
+    panel = 2.3 if dim == 1 else 1.9
+    common = None  # d > 2: one color limit for every mode of the slice
+    if dim > 2:
+        common = max(float(np.abs(learned_grid).max()),
+                     0.0 if exact_grid is None else float(np.abs(exact_grid).max())) or 1.0
     fig = _new_figure(panel * ncols + 2.9, (panel + 0.5) * rows_per_group * groups)
     gs = fig.add_gridspec(rows_per_group * groups, ncols + 1, width_ratios=[1.0] * ncols + [1.5])
     estimates = result.eigenvalues.double().tolist()
@@ -232,16 +243,17 @@ def plot_eigenfunctions(result: FitResult, operator: Operator | None = None, pat
         shape = (resolution, resolution)
         learned_image = learned_grid[:, mode].reshape(shape)  # (r, r)
         exact_image = None if exact_grid is None else exact_grid[:, mode].reshape(shape)  # (r, r)
-        limit = max(float(np.abs(learned_image).max()),
-                    0.0 if exact_image is None else float(np.abs(exact_image).max())) or 1.0
+        limit = common or max(float(np.abs(learned_image).max()),
+                              0.0 if exact_image is None else float(np.abs(exact_image).max())) or 1.0
         _image_panel(ax, learned_image, extent, limit, title, "learned" if col == 0 else None)
         if exact_image is not None:
             _image_panel(fig.add_subplot(gs[group * rows_per_group + 1, col]), exact_image, extent, limit,
                          f"exact ψ_{mode}: {exact_values[mode].item():.4g}", "exact" if col == 0 else None)
     _overlap_panel(fig, fig.add_subplot(gs[:rows_per_group, ncols]), gram)
     kind = "aligned to the exact ones in degenerate blocks" if exact_values is not None else "no closed form"
-    fig.suptitle(f"{type(op).__name__}: learned eigenfunctions ({kind}); titles: learned / exact eigenvalue",
-                 fontsize=9)
+    where = f"\nslice x0–x1 through the origin of R^{dim} (other coordinates 0)" if dim > 2 else ""
+    fig.suptitle(f"{type(op).__name__}: learned eigenfunctions ({kind}); titles: learned / exact eigenvalue"
+                 + where, fontsize=9)
     _save(fig, path)
     return fig
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Quadrature", "gauss_legendre", "box", "polar", "monte_carlo"]
+__all__ = ["Quadrature", "gauss_legendre", "box", "polar", "monte_carlo", "gaussian_qmc"]
 
 
 class Quadrature:
@@ -67,3 +67,19 @@ def monte_carlo(sampler, n: int, seed: int = 0) -> Quadrature:
     gen = torch.Generator().manual_seed(seed)
     x = sampler.sample(n, gen, dtype=torch.float64)
     return Quadrature(x, torch.exp(-sampler.log_prob(x)) / n)
+
+
+def gaussian_qmc(std: Sequence[float], n: int, seed: int = 0) -> Quadrature:
+    """Randomized quasi-Monte Carlo rule for the Lebesgue measure on ``R^d``, ``d = len(std)``: scrambled
+    Sobol points mapped through the normal quantile to ``q = N(0, diag(std²))``, weights ``1 / (n q(x))``.
+
+    Unbiased over the scrambling for ``∫ a b`` with ``a² b² / q`` integrable (integrands decaying faster
+    than ``q``); for smooth ones the error falls faster than Monte Carlo's ``n^-½``. Independent ``seed``
+    values give independent replicates, whose spread estimates the error.
+    """
+    s = torch.as_tensor(std, dtype=torch.float64).flatten()  # (d,)
+    engine = torch.quasirandom.SobolEngine(s.shape[0], scramble=True, seed=seed)
+    u = engine.draw(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)  # (n, d)
+    z = torch.special.ndtri(u)
+    log_q = -0.5 * (z * z).sum(1) - torch.log(s).sum() - 0.5 * s.shape[0] * math.log(2 * math.pi)  # (n,)
+    return Quadrature(z * s, torch.exp(-log_q) / n)

@@ -26,9 +26,12 @@ EVD only: :meth:`NeuralEF.svd` (and :meth:`NeuralEF.attach` with a model pair) r
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
+from ..autodiff import STOCHASTIC_METHODS
 from ..decomposition import decomposition_of
 from .base import (
     LinearReadout,
@@ -78,6 +81,15 @@ class NeuralEF(SplitHalves, SpectralLoss):
         like = p if p is not None else self.mean_square
         self.mean_square = torch.ones(self.num_modes, dtype=like.dtype, device=like.device)
         self.updates.zero_()
+
+    def prepare(self, operator: nn.Module) -> None:
+        """Warn when the operator's ``Tf`` is a stochastic estimate and the deflation coefficients are
+        ``R_ij / R_ii`` (``unbiased=False``): the update multiplies ``Tf`` by ratios of ``Tf`` moments, so an
+        unbiased ``Tf`` no longer gives an unbiased update (the split form is linear in ``Tf``)."""
+        if getattr(operator, "laplacian_method", None) in STOCHASTIC_METHODS and not self.split:
+            warnings.warn(f"NeuralEF(unbiased=False) is not linear in Tf: with the stochastic Laplacian "
+                          f"{operator.laplacian_method!r} its update is biased; use the exact Laplacian, "
+                          "NeuralEF(unbiased=True) or NestedLoRA", RuntimeWarning, stacklevel=3)
 
     def readout(self, model: nn.Module) -> nn.Module:
         """``x -> f(x) / running norm`` (per mode)."""

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import quadrature as quad
 from .._validation import check_positive_int
-from ..autodiff import value_and_derivatives
+from ..autodiff import LAPLACIAN_METHODS, STOCHASTIC_METHODS, directional_derivative, value_and_derivatives
 from ..sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .multi_index import top_multi_indices
@@ -42,8 +42,12 @@ class Schrodinger(Operator):
         kinetic: coefficient of ``-Δ`` (the paper's convention: 1, no ½).
         scale, shift: the affine map to the learned operator; ``scale > 0``.
         sampler: sampling density ``p`` (default: standard Gaussian ``N(0, I_d)``).
-        laplacian: ``"exact"`` (default; forward jets or nested jvp) or ``"fd"`` (central differences with
-            step ``fd_eps``).
+        laplacian: ``"exact"`` (default; forward jets or nested jvp), ``"fd"`` (central differences with
+            step ``fd_eps``) or an unbiased stochastic estimate with ``probes`` directions per point
+            (``"hutchinson"``, ``"hutchinson-gaussian"``, ``"hutchinson-axes"``; see
+            :mod:`neuralsvd.autodiff`): ``Tf`` is then unbiased, and so is the NestedLoRA gradient, which is
+            linear in ``Tf``; the read-outs (Rayleigh quotients) stay unbiased too. With the ratio model
+            the drift term ``∇u·∇f`` is computed exactly (one more jvp), so only ``Δf`` is estimated.
         model_output: ``"ratio"`` (default, the paper's importance trick: the model is ``ψ / sqrt(p)``) or
             ``"psi"`` (the model is ``ψ``; see the module docstring).
     """
@@ -52,7 +56,7 @@ class Schrodinger(Operator):
 
     def __init__(self, potential: Callable[[Tensor], Tensor], dim: int, kinetic: float = 1.0, scale: float = 1.0,
                  shift: float = 0.0, sampler: Sampler | None = None, laplacian: str = "exact", fd_eps: float = 1e-2,
-                 model_output: str = "ratio"):
+                 model_output: str = "ratio", probes: int = 1):
         super().__init__()
         if not callable(potential):
             raise TypeError(f"potential must be a callable x (n, d) -> (n,), got {type(potential).__name__}")
@@ -62,8 +66,9 @@ class Schrodinger(Operator):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         if not (isinstance(shift, (int, float)) and math.isfinite(shift)):
             raise ValueError(f"shift must be a finite number, got {shift!r}")
-        if laplacian not in ("exact", "fd"):
-            raise ValueError(f"unknown laplacian method {laplacian!r}; valid: 'exact', 'fd'")
+        if laplacian not in LAPLACIAN_METHODS:
+            raise ValueError(f"unknown laplacian method {laplacian!r}; valid: {', '.join(map(repr, LAPLACIAN_METHODS))}")
+        check_positive_int("probes", probes)
         if model_output not in self.MODEL_OUTPUTS:
             raise ValueError(f"unknown model_output {model_output!r}; valid: {', '.join(map(repr, self.MODEL_OUTPUTS))}")
         self.model_output = model_output
@@ -72,7 +77,7 @@ class Schrodinger(Operator):
             raise ValueError(f"sampler has dim {self.sampler.dim}, operator has dim {dim}")
         self.potential, self.dim = potential, dim
         self.kinetic, self.scale, self.shift = float(kinetic), float(scale), float(shift)
-        self.laplacian_method, self.fd_eps = laplacian, float(fd_eps)
+        self.laplacian_method, self.fd_eps, self.probes = laplacian, float(fd_eps), probes
 
     def sample(self, n, generator=None, dtype=None):
         return self.sampler.sample(n, generator, dtype)
@@ -93,7 +98,7 @@ class Schrodinger(Operator):
     def _apply_operator(self, f: Function, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (n, {self.dim}), got {tuple(x.shape)}")
-        fx, (value, grad, lap) = value_and_derivatives(f, x, self.laplacian_method, self.fd_eps)
+        fx, (value, grad, lap) = value_and_derivatives(f, x, self.laplacian_method, self.fd_eps, self.probes)
         check_model_output(fx, x.shape[0])  # fx (n, L) with graph; value (n, L), grad (n, d, L), lap (n, L)
         with torch.no_grad():
             v = self.potential(x).unsqueeze(-1)  # (n, 1)
@@ -103,7 +108,11 @@ class Schrodinger(Operator):
             else:  # the model is ψ/sqrt(p): Δψ/sqrt(p) from the derivatives of u = ½ log p
                 weight = None
                 _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
-                lap_psi = lap + 2 * (du.unsqueeze(-1) * grad).sum(1) + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
+                if self.laplacian_method in STOCHASTIC_METHODS:  # ∇u·∇f exactly (one jvp): only Δf is random
+                    drift = directional_derivative(f, x, du.to(x))  # (n, L)
+                else:
+                    drift = (du.unsqueeze(-1) * grad).sum(1)
+                lap_psi = lap + 2 * drift + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
             tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap_psi)
         if weight is None:
             return fx, tfx
@@ -223,20 +232,21 @@ class HarmonicOscillator(Schrodinger):
 
     Energies ``E = Σ_i ω_i (2 n_i + 1)``; eigenfunctions are products of Hermite functions. Defaults:
     ``shift = 4 Σω + 8 max ω`` (16 for the 2D isotropic case, the authors' choice), samples from
-    ``N(0, (4/sqrt(min ω))² I)``.
+    ``N(0, (4/sqrt(min ω))² I)``. ``omega``: one frequency, or one per axis (``dim`` of them).
     """
 
     def __init__(self, dim: int = 2, omega: float | Sequence[float] = 1.0, scale: float = 1.0,
                  shift: float | None = None, sampler: Sampler | None = None, laplacian: str = "exact",
-                 fd_eps: float = 1e-2, model_output: str = "ratio"):
+                 fd_eps: float = 1e-2, model_output: str = "ratio", probes: int = 1):
         check_positive_int("dim", dim)
         om = [float(omega)] * dim if isinstance(omega, (int, float)) else [float(o) for o in omega]
-        if len(om) != dim or min(om) <= 0:
-            raise ValueError(f"omega must be a positive float or {dim} positive floats, got {omega!r}")
+        if len(om) != dim or not all(w > 0 and math.isfinite(w) for w in om):
+            raise ValueError(f"omega must be a positive float or {dim} positive floats (one per axis for dim={dim}), "
+                             f"got {omega!r}")
         self.omega = om
         shift = 4 * sum(om) + 8 * max(om) if shift is None else shift
         sampler = sampler or Gaussian(dim, 4.0 / math.sqrt(min(om)))
-        super().__init__(self._quadratic, dim, 1.0, scale, shift, sampler, laplacian, fd_eps, model_output)
+        super().__init__(self._quadratic, dim, 1.0, scale, shift, sampler, laplacian, fd_eps, model_output, probes)
         self.register_buffer("_omega2", torch.tensor(om, dtype=torch.float64) ** 2, persistent=False)
 
     def _quadratic(self, x: Tensor) -> Tensor:
@@ -263,13 +273,22 @@ class HarmonicOscillator(Schrodinger):
         """The tensor Gauss–Legendre rule when it has at most 10⁵ points (d ≤ 2), else None (Monte Carlo)."""
         return self._quadrature_in_sampling_measure() if self.dim <= 3 else None
 
-    def quadrature(self) -> quad.Quadrature:
-        """Tensor Gauss–Legendre on a box holding the states below ``shift`` (d ≤ 3), else Monte Carlo.
+    #: points of the randomized quasi-Monte Carlo rule for d > 3
+    QMC_POINTS = 2**16
 
-        Axis ``i`` spans ``±sqrt(2 (shift/ω_i + 30) / ω_i)``, beyond which those states are below e⁻³⁰.
+    def quadrature(self) -> quad.Quadrature:
+        """Tensor Gauss–Legendre on a box holding the states below ``shift`` (d ≤ 3), else randomized QMC.
+
+        d ≤ 3: axis ``i`` spans ``±sqrt(2 (shift/ω_i + 30) / ω_i)``, beyond which those states are below
+        e⁻³⁰. d > 3 (a tensor rule would need ~10⁵ᵈ/³ points): :func:`~neuralsvd.quadrature.gaussian_qmc`
+        with :attr:`QMC_POINTS` scrambled Sobol points from ``q = |ψ_0|²`` (``N(0, diag(1/(2ω_i)))``), under
+        which every ``ψ_l ψ_m / q`` is a polynomial. Error on the exact states, ``max |⟨ψ_l, ψ_m⟩ - δ_lm|``
+        (``quadrature_error`` in :func:`neuralsvd.evaluate`, which also corrects the metrics for it): ~2e-4
+        for the ground state and first shell in d = 10, ~1e-3 in d = 32 (docs/dimension-study.md). Learned
+        functions need tails decaying faster than ``e^{-ω_i x_i²/4}`` for a finite variance.
         """
         if self.dim > 3:
-            return super().quadrature()
+            return quad.gaussian_qmc([1 / math.sqrt(2 * w) for w in self.omega], self.QMC_POINTS)
         bounds = [math.sqrt(2 * (self.shift / w + 30) / w) for w in self.omega]
         panels, nodes = {1: (16, 24), 2: (12, 16), 3: (8, 12)}[self.dim]
         return quad.box(bounds, panels, nodes)
