@@ -12,34 +12,15 @@ from typing import Any
 from .. import operators, sampling
 from ..operators.base import Operator
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
-from .registry import (METHODS, PROBLEMS, Problem, build_model, get_problem, make_loss, make_model,  # noqa: F401
-                       make_operator, register, spread_envelope_scales)
+from .registry import (METHODS, PROBLEMS, Problem, build_model, config_sampler, get_problem, make_loss,  # noqa: F401
+                       make_model, make_operator, register, spread_envelope_scales)
 
 __all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "build_model", "make_operator",
            "spread_envelope_scales"]
 
 
-def _as_list(value: Any) -> list:
-    return [] if value is None else list(value) if isinstance(value, (tuple, list)) else [value]
-
-
-def _sampler(dim: int, params: dict[str, Any]) -> sampling.Sampler:
-    """An equal-weight mixture of one component per scale: ``sampler_std`` (Gaussians ``N(0, σ² I)``,
-    truncated to ``[-bound, bound]^d`` if ``sampler_bound``) and ``sampler_exp_scale`` (radial exponentials
-    ``∝ e^{-|x|/a}``); a single component is used as is."""
-    bound = params.get("sampler_bound")
-    comps: list[sampling.Sampler] = [
-        sampling.Gaussian(dim, s) if bound is None else sampling.TruncatedGaussian(dim, s, bound)
-        for s in _as_list(params.get("sampler_std"))
-    ]
-    comps += [sampling.RadialExponential(dim, a) for a in _as_list(params.get("sampler_exp_scale"))]
-    if not comps:
-        raise ConfigError("the operator needs a sampler: set operator.sampler_std and/or operator.sampler_exp_scale")
-    return comps[0] if len(comps) == 1 else sampling.Mixture(comps)
-
-
 def _hydrogen_operator(p: dict[str, Any]) -> Operator:
-    return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"], sampler=_sampler(2, p),
+    return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"], sampler=config_sampler(2, p),
                                 laplacian=p["laplacian"], model_output=p.get("model_output", "ratio"))
 
 
@@ -73,7 +54,7 @@ def _oscillator_operator(p: dict[str, Any]) -> Operator:
         std = [4.0 / math.sqrt(min(om))] * dim if dim <= 2 else [1.0 / math.sqrt(2 * w) for w in om]
         sampler = sampling.Gaussian(dim, std)
     else:
-        sampler = _sampler(dim, p)
+        sampler = config_sampler(dim, p)
     return operators.HarmonicOscillator(dim=dim, omega=om, scale=p["scale"], shift=shift, sampler=sampler,
                                         laplacian=p["laplacian"], probes=p.get("probes", 1),
                                         model_output=p.get("model_output", "ratio"))

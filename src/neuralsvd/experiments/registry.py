@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import models
+from .. import models, sampling
 from ..losses import NestedLoRA, NeuralEF, SpectralLoss, SpIN
 from ..operators.base import Operator
 from .config import ConfigError, ExperimentConfig
@@ -24,6 +24,7 @@ __all__ = [
     "PROBLEMS",
     "Problem",
     "build_model",
+    "config_sampler",
     "get_problem",
     "make_loss",
     "make_model",
@@ -93,6 +94,25 @@ def spread_envelope_scales(num_modes: int, base: float = 1.2) -> tuple[float, ..
     A prior for Coulomb-like problems, whose ``l``-th state lies in shell ``n ≈ sqrt(l)`` and decays like
     ``e^{-r/(2n+1)}``; it errs on the wide side (an MLP can add decay, it cannot add growth)."""
     return tuple(round(base * (1 + 2 * math.sqrt(l)), 3) for l in range(num_modes))
+
+
+def _as_list(value: Any) -> list:
+    return [] if value is None else list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def config_sampler(dim: int, params: dict[str, Any]) -> sampling.Sampler:
+    """An equal-weight mixture of one component per scale: ``sampler_std`` (Gaussians ``N(0, σ² I)``,
+    truncated to ``[-bound, bound]^d`` if ``sampler_bound``) and ``sampler_exp_scale`` (radial exponentials
+    ``∝ e^{-|x|/a}``); a single component is used as is."""
+    bound = params.get("sampler_bound")
+    comps: list[sampling.Sampler] = [
+        sampling.Gaussian(dim, s) if bound is None else sampling.TruncatedGaussian(dim, s, bound)
+        for s in _as_list(params.get("sampler_std"))
+    ]
+    comps += [sampling.RadialExponential(dim, a) for a in _as_list(params.get("sampler_exp_scale"))]
+    if not comps:
+        raise ConfigError("the operator needs a sampler: set operator.sampler_std and/or operator.sampler_exp_scale")
+    return comps[0] if len(comps) == 1 else sampling.Mixture(comps)
 
 
 def get_problem(name: str) -> Problem:

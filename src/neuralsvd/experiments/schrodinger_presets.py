@@ -31,8 +31,7 @@ from ..operators.base import Operator
 from ..potential_expr import check_bounded_below, check_finite, load_potential
 from ..reference_grid import MAX_DIM, GridReference, auto_box, solve_reference
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
-from .presets import _sampler
-from .registry import Problem, register
+from .registry import Problem, config_sampler, register
 
 __all__ = ["DEFAULT_POTENTIAL", "REFERENCES", "REFERENCE_POINTS"]
 
@@ -124,7 +123,7 @@ def _operator(p: dict[str, Any]) -> Operator:
     dim = _dim(p)
     _wants_reference(p)  # a bad choice fails before training
     potential = _checked_potential(p)
-    sampler = _sampler(dim, p)
+    sampler = config_sampler(dim, p)
     x = sampler.sample(FINITE_CHECK_POINTS, torch.Generator().manual_seed(0), torch.float64)  # (n, d)
     check_finite(potential, x, f"{FINITE_CHECK_POINTS} sampler points")
     return operators.Schrodinger(potential, dim, kinetic=p["kinetic"], scale=p["scale"], shift=p["shift"],
