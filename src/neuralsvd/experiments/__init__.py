@@ -1,11 +1,14 @@
 """Named experiments (presets), their configuration and the end-to-end runner behind the CLI.
 
-:mod:`.registry` holds the problems and methods; :mod:`.presets` (Schrödinger problems) and
+:mod:`.registry` holds the problems and methods; :mod:`.presets` (Schrödinger problems), :mod:`.higher_dim_presets` (the hypercube Laplacian, 3D hydrogen) and
 :mod:`.data_presets` (kernels, graphs, paired samples) register into it when this package is imported.
 """
 
 # register the problems, the Schrödinger presets first (the order of `neuralsvd list`)
 from . import presets  # noqa: F401
+
+# isort: split
+from . import higher_dim_presets  # noqa: F401
 
 # isort: split
 from . import data_presets  # noqa: F401
