@@ -16,11 +16,12 @@ TINY = ["--steps", "5", "--set", "model.hidden=(16, 16)", "--set", "train.eval_b
 
 
 @pytest.mark.parametrize("args,exact", [
-    (["box-laplacian"], [5 * math.pi**2] + [8 * math.pi**2] * 5),
+    (["box-laplacian", "--modes", "3", "--set", "operator.dim=2", "--set", "model.kind=parallel_mlp"],
+     [2 * math.pi**2] + [5 * math.pi**2] * 2),
     (["box-laplacian", "--modes", "4", "--set", "operator.dim=10", "--set", "model.kind=separable",
       "--set", "operator.quadrature_points=1024"], [10 * math.pi**2] + [13 * math.pi**2] * 3),
     (["hydrogen3d", "--modes", "5"], [-0.5] + [-0.125] * 4),
-], ids=["box-5d", "box-10d-separable", "hydrogen3d"])
+], ids=["box-2d-mlp", "box-10d-separable", "hydrogen3d"])
 def test_cli_run_writes_outputs(tmp_path, args, exact):
     assert cli.main(["run", *args, "--out", str(tmp_path), *TINY]) == 0
     for name in ("config.json", "metrics.json", "eigenfunctions.png", "training_curve.png", "checkpoint.pt"):
