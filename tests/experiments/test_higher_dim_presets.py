@@ -33,7 +33,7 @@ def test_cli_run_writes_outputs(tmp_path, args, exact):
 
 def test_presets_build_the_documented_models():
     box = get_problem("box-laplacian").default_config()
-    assert (box.modes, box.operator["dim"], box.model.kind) == (6, 5, "separable")
+    assert (box.modes, box.operator["dim"], box.model.kind, box.method) == (6, 5, "separable", "neuralsvd-joint")
     model = make_model(box, make_operator(box).dim)
     assert isinstance(model, SeparableMLP) and model.box == 0.5 and model.box_center == 0.5
     h3 = get_problem("hydrogen3d").default_config()

@@ -73,11 +73,12 @@ def _box_laplacian() -> ExperimentConfig:
     """-Δ on [0, 1]^5 with zero boundary values, 6 modes (the ground state and the 5-fold first shell).
 
     T = (d + 6) π² + Δ (``shift=None``), uniform samples, a boundary factor in the model (``box=(0, 1)``);
-    the model is separable (sums of two products of 1D tanh MLPs, :class:`~neuralsvd.separable.SeparableMLP`),
-    see docs/box-and-hydrogen3d.md for the generic ``parallel_mlp`` next to it.
+    the model is separable (sums of two products of 1D tanh MLPs, :class:`~neuralsvd.separable.SeparableMLP`);
+    the joint nesting (with the sequential one, modes of this model die: f -> 0). See
+    docs/box-and-hydrogen3d.md for the generic ``parallel_mlp`` next to it.
     """
     return ExperimentConfig(
-        problem="box-laplacian", modes=6,
+        problem="box-laplacian", method="neuralsvd-joint", modes=6,
         operator=dict(dim=5, shift=None, scale=1.0, laplacian="exact", quadrature_points=2**16),
         model=ModelConfig(kind="separable", rank=2, hidden=(32, 32), activation="tanh", box=(0.0, 1.0)),
         train=TrainConfig(steps=12_000, batch_size=256, optimizer="adam", lr=2e-3, schedule="cosine"),
