@@ -213,8 +213,10 @@ def test_infinite_sampler_parameters_rejected(factory):
     (dict(hidden=()), "hidden must be a non-empty sequence of positive widths"),
     (dict(hidden=(4, 0)), "hidden must be a non-empty sequence of positive widths"),
     (dict(fourier_features=-1), "fourier_features must be an integer >= 0"),
-    (dict(box=0.0), "box must be a positive half-width or None"),
-    (dict(box=-3.0), "box must be a positive half-width or None"),
+    (dict(box=0.0), "box must be a positive half-width, a pair"),
+    (dict(box=-3.0), "box must be a positive half-width, a pair"),
+    (dict(box=(1.0, 0.0)), r"pair \(low, high\) with low < high"),
+    (dict(box=(0.0, 1.0, 2.0)), r"pair \(low, high\) with low < high"),
 ])
 def test_bad_model_arguments(cls, kwargs, match):
     args = {"in_features": 2, "num_modes": 2, **kwargs}

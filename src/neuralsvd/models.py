@@ -12,8 +12,8 @@ of ``d + 1`` extra matmul channels per layer.
 
 Both MLPs accept optional shared random Fourier features, the radius ``|x|`` as an extra input (a cusp
 at the origin becomes representable), a learnable per-mode radial envelope ``exp(-|x| / s_l)`` and the
-SpIN box factor ``Π_i (sqrt(2D² - x_i²) - D)`` that vanishes on the boundary
-of ``[-D, D]^d``.
+SpIN box factor ``Π_i (sqrt(2D² - t_i²) - D)``, ``t = x - c``, that vanishes on the boundary
+of the box ``[c - D, c + D]^d`` (scaled to 1 at the centre ``c``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class _BatchedMLP(nn.Module):
         fourier_scale: float = 1.0,
         envelope: bool = False,
         envelope_scale: float | Sequence[float] = 10.0,
-        box: float | None = None,
+        box: float | Sequence[float] | None = None,
         radial: bool = False,
     ):
         super().__init__()
@@ -107,11 +107,11 @@ class _BatchedMLP(nn.Module):
                                         ("envelope_scale must be one or one per mode,", envelope_scale, scales, envelope)):
             if on and not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in values):
                 raise ValueError(f"{what} a positive finite number, got {given!r}")
-        if box is not None and not box > 0:
-            raise ValueError(f"box must be a positive half-width or None, got {box!r}")
+        low, high = _box_bounds(box)
         self.in_features, self.groups, self.out_features = in_features, groups, out_features
         self.activation = activation
-        self.box = None if box is None else float(box)
+        self.box = None if box is None else 0.5 * (high - low)  # half-width D
+        self.box_center = 0.0 if box is None else 0.5 * (high + low)
         self.radial = bool(radial)
         if fourier_features > 0:
             # shared random frequencies; features [cos 2π xB, sin 2π xB]
@@ -284,10 +284,7 @@ class _BatchedMLP(nn.Module):
         return torch.cat([e.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
 
     def _box_factor(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-axis factor ``g(t) = sqrt(2D² - t²) - D`` with ``g'`` and ``g''``, each ``(n, d)``."""
-        two_d2 = 2 * self.box**2
-        root = torch.sqrt((two_d2 - x * x).clamp_min(0))
-        return root - self.box, -x / root, -two_d2 / root**3
+        return box_factor(x, self.box, self.box_center)
 
     def _box_jet(self, x: Tensor) -> Tensor:
         g, g1, g2 = self._box_factor(x)
@@ -297,6 +294,31 @@ class _BatchedMLP(nn.Module):
         grad = (g1 * others).T.unsqueeze(-1)  # (d, n, 1)
         lap = (g2 * others).sum(1, keepdim=True)
         return torch.cat([value.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
+
+
+def box_factor(t: Tensor, half_width: float, center: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-axis boundary factor ``g(t) = (sqrt(2D² - s²) - D) / ((sqrt 2 - 1) D)``, ``s = t - c``
+    (SpIN's, scaled to 1 at the centre so that products over many axes stay O(1)), zero at ``s = ±D``,
+    with ``g'`` and ``g''``; each the shape of ``t``."""
+    two_d2 = 2 * half_width**2
+    s = t - center
+    root = torch.sqrt((two_d2 - s * s).clamp_min(0))
+    c = 1 / ((math.sqrt(2) - 1) * half_width)
+    return c * (root - half_width), -c * s / root, -c * two_d2 / root**3
+
+
+def _box_bounds(box: float | Sequence[float] | None) -> tuple[float, float]:
+    """``(low, high)`` of the box: ``[-D, D]`` for a half-width ``D``, or the pair itself."""
+    if box is None:
+        return 0.0, 0.0
+    if isinstance(box, (int, float)) and not isinstance(box, bool):
+        if not (box > 0 and math.isfinite(box)):
+            raise ValueError(f"box must be a positive half-width, a pair (low, high) or None, got {box!r}")
+        return -float(box), float(box)
+    pair = tuple(box) if isinstance(box, (tuple, list)) else ()
+    if not (len(pair) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in pair) and pair[0] < pair[1]):
+        raise ValueError(f"box must be a positive half-width, a pair (low, high) with low < high or None, got {box!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def _radius_jet(x: Tensor) -> Tensor:
@@ -319,7 +341,8 @@ class ParallelMLP(_BatchedMLP):
             ``[cos 2π xB, sin 2π xB]`` with ``B ~ N(0, fourier_scale²)``.
         envelope: multiply mode ``l`` by ``exp(-|x| / s_l)`` with learnable ``s_l`` (init ``envelope_scale``:
             one number, or one per mode).
-        box: half-width ``D`` of the SpIN box factor, or ``None``.
+        box: the box of the SpIN boundary factor (zero on its faces): a half-width ``D`` (``[-D, D]^d``),
+            a pair ``(low, high)`` (``[low, high]^d``), or ``None``.
         radial: append ``|x|`` to the inputs (after Fourier features, if any): functions with a cusp
             at the origin, such as hydrogen states ``∝ e^{-r/(n+½)}``, become representable exactly.
     """

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Quadrature", "gauss_legendre", "box", "polar", "monte_carlo", "gaussian_qmc"]
+__all__ = ["Quadrature", "gauss_legendre", "box", "polar", "spherical", "sobol_cube", "monte_carlo", "gaussian_qmc"]
 
 
 class Quadrature:
@@ -60,6 +60,31 @@ def polar(radial_edges: Sequence[float], radial_nodes: int = 24, angles: int = 6
     points = torch.stack([rr * torch.cos(tt), rr * torch.sin(tt)], -1).reshape(-1, 2)
     weights = (wr * r).unsqueeze(1).expand(-1, angles).reshape(-1) * (2 * math.pi / angles)
     return Quadrature(points, weights)
+
+
+def spherical(radial_edges: Sequence[float], radial_nodes: int = 16, polar_nodes: int = 12, azimuths: int = 24
+              ) -> Quadrature:
+    """3D rule in spherical coordinates: composite Gauss–Legendre in ``r`` (Jacobian ``r²``) times
+    Gauss–Legendre in ``cos θ`` times the trapezoid rule in ``φ``. The angular part integrates spherical
+    harmonics of degree ``< 2 polar_nodes`` in ``cos θ`` and ``< azimuths`` in ``φ`` exactly."""
+    r, wr = gauss_legendre(radial_edges, radial_nodes)
+    c, wc = gauss_legendre([-1.0, 1.0], polar_nodes)
+    phi = torch.arange(azimuths, dtype=torch.float64) * (2 * math.pi / azimuths)
+    rr, cc, pp = torch.meshgrid(r, c, phi, indexing="ij")
+    s = torch.sqrt(1 - cc * cc)
+    points = torch.stack([rr * s * torch.cos(pp), rr * s * torch.sin(pp), rr * cc], -1).reshape(-1, 3)
+    weights = ((wr * r * r)[:, None, None] * wc[None, :, None] * (2 * math.pi / azimuths)).expand(rr.shape)
+    return Quadrature(points, weights.reshape(-1))
+
+
+def sobol_cube(dim: int, n: int, seed: int = 0) -> Quadrature:
+    """Quasi-Monte Carlo rule on ``[0, 1]^dim``: ``n`` scrambled Sobol points, weights ``1 / n``.
+
+    For smooth integrands the error decays roughly like ``1 / n`` (Monte Carlo: ``n^{-1/2}``); take ``n`` a
+    power of two."""
+    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
+    points = engine.draw(n, dtype=torch.float64)
+    return Quadrature(points, torch.full((n,), 1.0 / n, dtype=torch.float64))
 
 
 def monte_carlo(sampler, n: int, seed: int = 0) -> Quadrature:

@@ -159,22 +159,24 @@ class TruncatedGaussian(Gaussian):
 
 
 class UniformBox(Sampler):
-    """Uniform distribution on ``[-bound, bound]^dim``."""
+    """Uniform distribution on ``[center - bound, center + bound]^dim`` (default centred at 0)."""
 
-    def __init__(self, dim: int, bound: float):
+    def __init__(self, dim: int, bound: float, center: float = 0.0):
         check_positive_int("dim", dim)
         if not (isinstance(bound, (int, float)) and 0 < bound < math.inf):
             raise ValueError(f"bound must be a positive finite number, got {bound!r}")
-        self.dim, self.bound = dim, float(bound)
+        if not (isinstance(center, (int, float)) and math.isfinite(center)):
+            raise ValueError(f"center must be a finite number, got {center!r}")
+        self.dim, self.bound, self.center = dim, float(bound), float(center)
 
     def sample(self, n, generator=None, dtype=None):
         check_positive_int("n", n)
         dtype = dtype or torch.get_default_dtype()
         u = torch.rand(n, self.dim, generator=generator, device=self._device(generator), dtype=dtype)
-        return (2 * u - 1) * self.bound
+        return self.center + (2 * u - 1) * self.bound
 
     def log_prob(self, x):
-        inside = (x.abs() <= self.bound).all(-1)
+        inside = ((x - self.center).abs() <= self.bound).all(-1)
         lp = torch.full(x.shape[:1], -self.dim * math.log(2 * self.bound), dtype=x.dtype, device=x.device)
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 

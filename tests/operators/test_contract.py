@@ -43,6 +43,8 @@ CASES = {
     "HarmonicOscillator": (lambda: operators.HarmonicOscillator(2), 1e-6, 1e-6),
     "Hydrogen2D": (lambda: operators.Hydrogen2D(sampler=sampling.RadialExponential(2, 2.0), model_output="psi"),
                    1e-4, 1e-4),  # a polar rule: the cusp at the nucleus limits its accuracy
+    "Hydrogen3D": (lambda: operators.Hydrogen3D(model_output="psi"), 1e-3, 1e-4),  # the envelope's kink at r = 0
+    "BoxLaplacian": (lambda: operators.BoxLaplacian(2), 1e-10, 1e-10),  # functions that vanish on the faces
     "DenseOperator": (lambda: operators.DenseOperator(_symmetric_matrix(9)), 1e-12, 1e-10),
     "DenseOperator-rectangular": (lambda: operators.DenseOperator(
         torch.from_numpy(np.random.default_rng(2).normal(size=(7, 5)))), 1e-12, 1e-10),
@@ -92,6 +94,8 @@ def _random_functions(op: Operator, in_features: int | None, num_points: int | N
     torch.manual_seed(5)
     if num_points is not None:  # functions of indices
         return models.Tabular(num_points, L).double()
+    if isinstance(op, operators.BoxLaplacian):  # the Dirichlet condition is the model's
+        return models.MLP(in_features, L, hidden=(16,), box=(0.0, 1.0)).double()
     return models.MLP(in_features, L, hidden=(16,), envelope=True, envelope_scale=2.0).double()
 
 

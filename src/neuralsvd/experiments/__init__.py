@@ -1,7 +1,9 @@
 """Named experiments (presets), their configuration and the end-to-end runner behind the CLI.
 
 :mod:`.registry` holds the problems and methods; :mod:`.presets` (Schrödinger problems),
-:mod:`.schrodinger_presets` (a user's potential) and :mod:`.data_presets` (kernels, graphs, paired samples) register into it when this package is imported.
+:mod:`.schrodinger_presets` (a user's potential), :mod:`.higher_dim_presets` (the hypercube Laplacian,
+3D hydrogen) and :mod:`.data_presets` (kernels, graphs, paired samples) register into it when this
+package is imported.
 """
 
 # register the problems, the Schrödinger presets first (the order of `neuralsvd list`)
@@ -9,6 +11,9 @@ from . import presets  # noqa: F401
 
 # isort: split
 from . import schrodinger_presets  # noqa: F401
+
+# isort: split
+from . import higher_dim_presets  # noqa: F401
 
 # isort: split
 from . import data_presets  # noqa: F401

@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The network: ``kind`` is ``"parallel_mlp"`` (one MLP per mode) or ``"mlp"`` (shared trunk)."""
+    """The network: ``kind`` is ``"parallel_mlp"`` (one MLP per mode), ``"mlp"`` (shared trunk) or
+    ``"separable"`` (sums of ``rank`` products of 1D MLPs, :class:`~neuralsvd.separable.SeparableMLP`; it
+    uses ``hidden``, ``activation``, ``box`` and ``rank`` only)."""
 
     kind: str = "parallel_mlp"
     hidden: tuple = (128, 128, 128)
@@ -33,6 +35,7 @@ class ModelConfig:
     envelope_scale: Any = 10.0  # one number, one per mode, or "spread" (presets.spread_envelope_scales)
     box: Any = None
     radial: bool = False
+    rank: int = 1
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch import nn
 from .. import models, sampling
 from ..losses import NestedLoRA, NeuralEF, SpectralLoss, SpIN
 from ..operators.base import Operator
+from ..separable import SeparableMLP
 from .config import ConfigError, ExperimentConfig
 
 __all__ = [
@@ -147,8 +148,10 @@ def build_model(config: ExperimentConfig, operator: Operator) -> Any:
 def make_model(config: ExperimentConfig, in_features: int) -> nn.Module:
     m = config.model
     kinds = {"parallel_mlp": models.ParallelMLP, "mlp": models.MLP}
+    if m.kind == "separable":
+        return SeparableMLP(in_features, config.modes, rank=m.rank, hidden=m.hidden, activation=m.activation, box=m.box)
     if m.kind not in kinds:
-        raise ConfigError(f"unknown model kind {m.kind!r}; valid: {', '.join(kinds)}")
+        raise ConfigError(f"unknown model kind {m.kind!r}; valid: {', '.join([*kinds, 'separable'])}")
     scale = spread_envelope_scales(config.modes) if m.envelope_scale == "spread" else m.envelope_scale
     return kinds[m.kind](in_features, config.modes, hidden=m.hidden, activation=m.activation,
                          fourier_features=m.fourier_features, fourier_scale=m.fourier_scale,
