@@ -36,13 +36,17 @@ def _float64_copy(result: FitResult) -> FitResult:
     return dataclasses.replace(result, model=model)
 
 
-def _inverse_sqrt(true_gram: Tensor) -> Tensor:
-    """``M^{-1/2}`` of the rule's gram of the true functions, ``(L, L)``: ``cross M^{-1/2}`` are the overlaps
-    with the true functions orthonormalized *under the rule* (Löwdin), so that a learned set equal to the
-    true one scores 0 whatever the rule's error. A no-op up to that error for accurate rules; it matters
-    for Monte Carlo rules (e.g. the oscillator in d > 3)."""
-    w, v = torch.linalg.eigh(true_gram)
-    return (v * w.clamp_min(torch.finfo(w.dtype).tiny).rsqrt()) @ v.T
+def _orthonormalized_cross(cross: Tensor, true_gram: Tensor, blocks: list[list[int]]) -> Tensor:
+    """``⟨ψ̂, ψ̃⟩`` with ``ψ̃_b = ψ_b G_bb^{-1/2}`` the true functions of each degenerate block ``b`` made
+    orthonormal under the rule (``G`` their gram there, (L, L)). A rule that integrates the true functions'
+    products with error ``ε`` (Monte Carlo; quasi-Monte Carlo in high dimension) would otherwise put a floor
+    ``~ε`` under every distance; with it, the exact functions (in any basis of each block) are at distance 0
+    under any rule. A no-op for accurate rules."""
+    out = cross.clone()
+    for b in blocks:
+        w, v = torch.linalg.eigh(true_gram[b][:, b])
+        out[:, b] = cross[:, b] @ ((v * w.clamp_min(torch.finfo(w.dtype).tiny).rsqrt()) @ v.T)
+    return out
 
 
 def _function_metrics(gram: Tensor, cross: Tensor, blocks: list[list[int]], prefix: str = "") -> dict[str, Any]:
@@ -66,8 +70,8 @@ def evaluate(result: FitResult, operator: Operator | None = None, quadrature: Qu
     ``orthogonality_error``, ``blocks`` (lists of mode indices of equal true eigenvalue) and
     ``quadrature_error`` (``max |⟨ψ_l, ψ_m⟩ - δ_lm|`` of the true functions, the rule's own error).
     Fields that need a closed form the operator lacks are ``None``. SVD results also get ``right_*``
-    function metrics. Inner products are in float64 on the operator's :meth:`quadrature`; the function
-    metrics compare against the true functions orthonormalized under that rule (see :func:`_inverse_sqrt`).
+    function metrics. Inner products are in float64 on the operator's :meth:`quadrature`; the true
+    functions are first made orthonormal under that rule (see :func:`_orthonormalized_cross`).
     """
     op = operator if operator is not None else result.operator
     L = result.eigenvalues.shape[0]
@@ -106,7 +110,7 @@ def evaluate(result: FitResult, operator: Operator | None = None, quadrature: Qu
         out["orthogonality_error"] = metrics.orthogonality_error(quad.inner(psi_hat, psi_hat))
         return out
     gram, cross, true_gram = inner_products(r64.eigenfunctions, op.exact_eigenfunctions, quad, L)
-    out.update(_function_metrics(gram, cross @ _inverse_sqrt(true_gram), blocks))
+    out.update(_function_metrics(gram, _orthonormalized_cross(cross, true_gram, blocks), blocks))
     out["quadrature_error"] = float((true_gram - torch.eye(L, dtype=torch.float64, device=device)).abs().max())
     if result.is_svd:
         rq = op.right_quadrature()
