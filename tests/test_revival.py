@@ -11,15 +11,17 @@ from neuralsvd.revival import ModeRevival
 
 def _models():
     torch.manual_seed(0)
+    from neuralsvd.separable import SeparableMLP
+
     return [nsvd.models.ParallelMLP(2, 4, hidden=(8, 8), envelope=True), nsvd.models.MLP(2, 4, hidden=(8, 8)),
-            nsvd.models.Tabular(10, 4)]
+            nsvd.models.Tabular(10, 4), SeparableMLP(2, 4, rank=2, hidden=(8,), box=(0.0, 1.0))]
 
 
 def _inputs(model):
     return torch.arange(10) if isinstance(model, nsvd.models.Tabular) else torch.randn(10, 2)
 
 
-@pytest.mark.parametrize("model", _models(), ids=["parallel", "shared", "tabular"])
+@pytest.mark.parametrize("model", _models(), ids=["parallel", "shared", "tabular", "separable"])
 def test_reset_mode_redraws_that_mode_only_and_reproducibly(model):
     x = _inputs(model)
     before = model(x).detach()

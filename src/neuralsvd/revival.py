@@ -3,16 +3,15 @@ there stays there under any gradient method. :class:`ModeRevival` re-initializes
 
 Rule. At each check of :func:`~neuralsvd.fit` (every ``log_every`` steps), mode ``l`` is *collapsed*
 when its batch estimate of ``‖f_l‖²`` (SVD: ``‖f_l‖‖g_l‖``) is exactly 0, or is below
-:data:`COLLAPSE_RATIO` times its Rayleigh quotient while that quotient is positive. At the objective's
-optimum the two are equal (``‖f_l‖² = λ_l``), so the rule never fires there: the optimum is a fixed
-point of training with the rule, as without it. A mode whose eigenvalue is not positive (the operator
-has fewer than ``L`` positive eigenvalues) has optimum ``f_l = 0`` and is left alone, except the
-exactly-zero case, which is re-initialized at most :data:`MAX_REVIVALS` times per mode.
+:data:`COLLAPSE_RATIO` times the magnitude of its Rayleigh quotient. At the objective's optimum the two
+are equal (``‖f_l‖² = λ_l``), so the rule never fires there: the optimum is a fixed point of training with
+the rule, as without it. The only exception is a mode whose optimum is ``f_l = 0`` (the operator has
+fewer than ``L`` positive eigenvalues): it is re-initialized at most :data:`MAX_REVIVALS` times, then
+left alone (as every mode after that many revivals).
 
 Re-initialization draws the mode's parameters afresh from the model's own initialization
-(``model.reset_mode(l, generator)``), clears the optimizer's state of those parameters (their slices
-along ``model.mode_axes()``), copies them into the EMA weights and lets the loss forget statistics of the
-mode (:meth:`~neuralsvd.losses.SpectralLoss.reset_mode`). The generator is seeded from the run's seed,
+(``model.reset_mode(l, generator)``), clears the optimizer's state of the entries that changed, copies
+them into the EMA weights and lets the loss forget statistics of the mode (:meth:`~neuralsvd.losses.SpectralLoss.reset_mode`). The generator is seeded from the run's seed,
 the step and the mode, so revivals are reproducible and identical on every data-parallel rank.
 """
 
@@ -25,19 +24,19 @@ from torch import Tensor, nn
 
 __all__ = ["COLLAPSE_RATIO", "MAX_REVIVALS", "ModeRevival", "collapsed_modes"]
 
-#: a mode is collapsed when ``‖f_l‖² < COLLAPSE_RATIO · λ̂_l`` (1 at the optimum; early training stays above ~1e-3)
-COLLAPSE_RATIO = 1e-6
+#: a mode is collapsed when ``‖f_l‖² < COLLAPSE_RATIO · |λ̂_l|`` (1 at the optimum; early training stays above ~1e-3)
+COLLAPSE_RATIO = 1e-5
 #: re-initializations per mode at most
 MAX_REVIVALS = 3
 
 
 def collapsed_modes(norms: Tensor, rayleigh: Tensor) -> Tensor:
-    """``(L,)`` bool: modes with ``norms == 0``, or ``0 < norms < COLLAPSE_RATIO · rayleigh``.
+    """``(L,)`` bool: modes with ``norms == 0``, or ``norms < COLLAPSE_RATIO · |rayleigh|``.
 
     ``norms`` are the batch estimates of ``‖f_l‖²`` (or ``‖f_l‖‖g_l‖``), ``rayleigh`` the Rayleigh quotients
     (NaN for a zero mode), both ``(L,)``."""
     finite = torch.isfinite(rayleigh)
-    small = finite & (rayleigh > 0) & (norms < COLLAPSE_RATIO * rayleigh)
+    small = finite & (norms < COLLAPSE_RATIO * rayleigh.abs())
     return (norms == 0) | small
 
 
@@ -46,13 +45,13 @@ class ModeRevival:
 
     Args:
         modules: the trained modules (one for EVD, ``(left, right)`` for SVD); each needs
-            ``reset_mode(l, generator)`` and ``mode_axes()``; without them the rule is off.
+            ``reset_mode(l, generator)``; without it the rule is off.
         seed: the run's seed (with the step and mode it seeds each re-initialization).
     """
 
     def __init__(self, modules: tuple[nn.Module, ...], seed: int):
         self.modules, self.seed = modules, seed
-        self.enabled = all(hasattr(m, "reset_mode") and hasattr(m, "mode_axes") for m in modules)
+        self.enabled = all(hasattr(m, "reset_mode") for m in modules)
         self.count: dict[int, int] = {}
 
     def __call__(self, norms: Tensor | None, rayleigh: Tensor, step: int, optimizer: torch.optim.Optimizer,
@@ -74,17 +73,18 @@ class ModeRevival:
 
     def _reinitialize(self, mode: int, step: int, optimizer: torch.optim.Optimizer, ema: list[Tensor] | None) -> None:
         params = [p for m in self.modules for p in m.parameters()]
-        axes = [ax for m in self.modules for ax in (m.mode_axes()[name] for name, _ in m.named_parameters())]
+        before = [p.detach().clone() for p in params]
         for k, m in enumerate(self.modules):
             g = torch.Generator(device=next(m.parameters()).device)
             g.manual_seed(((self.seed * 1_000_003 + step) * 4099 + mode) * 2 + k)
             m.reset_mode(mode, g)
         with torch.no_grad():
-            for i, (p, axis) in enumerate(zip(params, axes)):
-                if axis is None:
+            for i, (p, old) in enumerate(zip(params, before)):
+                changed = p != old  # the entries that belong to the mode (redrawn), same shape as p
+                if not bool(changed.any()):
                     continue
                 for value in optimizer.state.get(p, {}).values():
                     if isinstance(value, Tensor) and value.shape == p.shape:
-                        value.select(axis, mode).zero_()
+                        value.masked_fill_(changed, 0)
                 if ema is not None:
-                    ema[i].select(axis, mode).copy_(p.select(axis, mode))
+                    ema[i].copy_(torch.where(changed, p, ema[i]))

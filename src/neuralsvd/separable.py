@@ -76,6 +76,25 @@ class SeparableMLP(nn.Module):
         self.out_weight = nn.Parameter(torch.randn(groups, hidden[-1], 1) * (1.0 / math.sqrt(hidden[-1])))
         self.out_bias = nn.Parameter(torch.ones(groups, 1, 1))
 
+    @torch.no_grad()
+    def reset_mode(self, mode: int, generator: torch.Generator) -> None:
+        """Draw the ``rank × d`` networks of output ``mode`` afresh, as at construction (to revive a
+        collapsed mode, :mod:`neuralsvd.revival`)."""
+        block = slice(mode * self.rank * self.in_features, (mode + 1) * self.rank * self.in_features)
+
+        def draw(t: Tensor, scale: float) -> Tensor:
+            shape = tuple(t[block].shape)
+            return torch.randn(shape, generator=generator, device=t.device).to(t.dtype) * scale
+
+        self.first_weight[block] = draw(self.first_weight, math.sqrt(2.0))
+        self.first_bias[block] = draw(self.first_bias, 0.5)
+        for w in self.weights:
+            w[block] = draw(w, math.sqrt(2.0 / w.shape[1]))
+        for b in self.biases:
+            b[block] = 0
+        self.out_weight[block] = draw(self.out_weight, 1.0 / math.sqrt(self.out_weight.shape[1]))
+        self.out_bias[block] = 1
+
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
 
