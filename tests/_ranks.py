@@ -26,6 +26,7 @@ LOSSES: dict[str, tuple[Callable[[], nsvd.losses.SpectralLoss], bool]] = {
     "nestedlora-seq-cv": (lambda: nsvd.NestedLoRA(L, "sequential", control_variate=True), False),
     "nestedlora-joint-cv": (lambda: nsvd.NestedLoRA(L, "joint", control_variate=True), False),
     "nestedlora-seq-plain": (lambda: nsvd.NestedLoRA(L, "sequential", control_variate=False), False),
+    "nestedlora-sanger": (lambda: nsvd.NestedLoRA(L, "sequential", deflation="sanger"), False),
     "nestedlora-seq-svd": (lambda: nsvd.NestedLoRA(L, "sequential"), True),
     "nestedlora-joint-svd": (lambda: nsvd.NestedLoRA(L, "joint"), True),
     "neuralef": (lambda: nsvd.NeuralEF(L), False),

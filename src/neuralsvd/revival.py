@@ -18,9 +18,13 @@ the step and the mode, so revivals are reproducible and identical on every data-
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .losses.base import SpectralLoss
 
 __all__ = ["COLLAPSE_RATIO", "MAX_REVIVALS", "ModeRevival", "collapsed_modes"]
 
@@ -55,7 +59,7 @@ class ModeRevival:
         self.count: dict[int, int] = {}
 
     def __call__(self, norms: Tensor | None, rayleigh: Tensor, step: int, optimizer: torch.optim.Optimizer,
-                 ema: list[Tensor] | None, loss: nn.Module) -> list[int]:
+                 ema: list[Tensor] | None, loss: SpectralLoss) -> list[int]:
         """Re-initialize the collapsed modes (at most :data:`MAX_REVIVALS` times each) and return them.
         ``norms`` None (a loss without a norm estimator) turns the rule off. Synchronizes with the device."""
         if not self.enabled or norms is None:
@@ -65,7 +69,7 @@ class ModeRevival:
         for l in dead:
             self.count[l] = self.count.get(l, 0) + 1
             self._reinitialize(l, step, optimizer, ema)
-            getattr(loss, "reset_mode", lambda _: None)(l)
+            loss.reset_mode(l)
             warnings.warn(f"mode {l} collapsed to f ≈ 0 by step {step} (‖f‖² = {float(norms[l]):.3g}, Rayleigh "
                           f"quotient {float(rayleigh[l]):.3g}): re-initialized it (revival {self.count[l]} of at most "
                           f"{MAX_REVIVALS})", RuntimeWarning, stacklevel=3)

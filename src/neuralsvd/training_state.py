@@ -44,7 +44,6 @@ CHECKPOINT_KEYS = ("models", "optimizer", "scheduler", "loss", "ema", "step", "r
                    "history")
 
 
-
 def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -114,12 +113,11 @@ class TrainingState:
         out = self.forward(batch)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        norms = out.norm_eigenvalues
-        if norms is None:
-            loss, eigenvalues = self.world.average_gradients(self.params, out.loss.detach(), out.eigenvalues)
-        else:
-            loss, eigenvalues, norms = self.world.average_gradients(self.params, out.loss.detach(), out.eigenvalues,
-                                                                    norms)
+        # the history's statistics ride along the gradient all-reduce (data-parallel)
+        extra = () if out.norm_eigenvalues is None else (out.norm_eigenvalues,)
+        loss, eigenvalues, *averaged = self.world.average_gradients(self.params, out.loss.detach(), out.eigenvalues,
+                                                                    *extra)
+        norms = averaged[0] if averaged else None
         self.opt.step()
         self.sched.step()
         if self.ema is not None:

@@ -170,24 +170,23 @@ class NestedLoRA(SplitHalves, SpectralLoss):
         self.check_batch(fx, tfx)
         with torch.no_grad():
             f, tf = fx.detach(), tfx.detach()
+            halves = _halves(f.shape[0], self.split)
             if self.cv_active:
                 a, c = cv_products(f, tf)  # (n, L, L) each
                 beta = self.cv_stats.coefficients().to(f)  # from past batches only: unbiased for this one
-                lam_a, lam_b = ((a[h] + beta * c[h]).mean(0) for h in _halves(f.shape[0], self.split))
+                lam_a, lam_b = ((a[h] + beta * c[h]).mean(0) for h in halves)
                 if fx.requires_grad:
                     self.cv_stats.update(a, c)
             else:
                 lam_a, lam_b = self._half_moments(f)
-            lam_a, lam_b = self.batch_mean(lam_a, lam_b)  # the global batch's halves (data-parallel)
-        moments = (lam_a, lam_b, lam_a, lam_b)
-        grad_moments = None
-        if self.deflation == "sanger":
-            with torch.no_grad():
-                halves = _halves(f.shape[0], self.split)
-                cross = self.batch_mean(*(f[h].T @ tf[h] / f[h].shape[0] for h in halves))
+            # Sanger: the halves' ⟨f_m, Tf_k⟩ (L, L) too; all of the global batch (data-parallel)
+            cross = [f[h].T @ tf[h] / f[h].shape[0] for h in halves] if self.deflation == "sanger" else []
+            lam_a, lam_b, *cross = self.batch_mean(lam_a, lam_b, *cross)
+            grad_moments = None
+            if cross:
                 s_a, s_b = (sanger_coefficients(c, lam) for c, lam in zip(cross, (lam_a, lam_b)))
-            grad_moments = (s_a, s_b, s_a, s_b)
-        loss = self._objective(fx, fx, tfx, tfx, moments, grad_moments)
+                grad_moments = (s_a, s_b, s_a, s_b)
+        loss = self._objective(fx, fx, tfx, tfx, (lam_a, lam_b, lam_a, lam_b), grad_moments)
         with torch.no_grad():
             gram = _second_moment(f)
             norms = gram.diagonal()
