@@ -109,3 +109,47 @@ def test_dimension_smoke(tmp_path, capsys):
             assert r["noise"][k]["exact-states"]["noise"] < 1e-10
             assert r["noise"][k]["init"]["noise"] > 1e-4
     assert (tmp_path / "dim.png").stat().st_size > 10_000
+
+
+def test_cancellation_ratio_by_hand():
+    """1 when the output weights are parallel to the hidden features (Cauchy–Schwarz equality, one
+    point, zero bias); ``‖w‖‖h‖/|w·h|`` for any other weights; the ratio ignores the output's scale."""
+    import torch
+
+    from neuralsvd.models import ParallelMLP
+
+    bench = _load("output_conditioning")
+    torch.manual_seed(0)
+    mlp = ParallelMLP(2, 3, hidden=(8, 8)).double()
+    x = torch.randn(1, 2, dtype=torch.float64)
+    hidden = []
+    activate = mlp._activate
+    mlp._activate = lambda z, c: hidden.append(activate(z, c)[0]) or activate(z, c)
+    with torch.no_grad():
+        mlp(x)
+    del mlp._activate
+    h = hidden[-1][:, 0]  # (L, H)
+    with torch.no_grad():
+        mlp.out_weight[0, :, 0] = 3.0 * h[0]
+    ratio = bench.cancellation_ratio(mlp, x)
+    assert ratio[0].item() == pytest.approx(1.0, rel=1e-12)
+    w = mlp.out_weight[1:, :, 0]
+    expected = w.norm(dim=1) * h[1:].norm(dim=1) / (w * h[1:]).sum(1).abs()
+    assert torch.allclose(ratio[1:], expected.detach(), rtol=1e-12)
+    assert bool((ratio >= 1 - 1e-12).all())
+
+
+def test_output_conditioning_smoke(tmp_path, capsys):
+    """A tiny oscillator run: block weights and outside weight sum to one per mode; a record per run."""
+    from neuralsvd.cli import main as cli
+
+    bench = _load("output_conditioning")
+    run_dir = tmp_path / "run"
+    assert cli(["run", "oscillator", "--modes", "3", "--steps", "20", "--set", "model.hidden=(8, 8)", "--no-progress",
+                "--out", str(run_dir)]) == 0
+    out = tmp_path / "cond.json"
+    assert bench.main([str(run_dir), "--exact", "6", "--samples", "256", "--json", str(out)]) == 0
+    assert "command: python benchmarks/output_conditioning.py" in capsys.readouterr().out
+    rec = json.loads(out.read_text())["records"][0]
+    for w, rest, r in zip(rec["block_weights"], rec["outside"], rec["cancellation_ratio"]):
+        assert sum(w) + rest == pytest.approx(1.0, abs=1e-12) and rest > -1e-9 and r >= 1
