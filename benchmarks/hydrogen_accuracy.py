@@ -6,10 +6,10 @@ steps on the polar quadrature (energies: Rayleigh quotients integrated on it, as
 subspace distances: against the closed-form states). Prints one table row per run and the mean per
 variant, and saves the curves (mean relative energy error and subspace distance (all) vs step).
 
-    python benchmarks/hydrogen_accuracy.py --variants paper,ratio-gauss,ratio-gauss-radial,psi-gauss,best --steps 6000 \\
+    python benchmarks/hydrogen_accuracy.py --variants paper,ratio-gauss,ratio-gauss-radial,psi-gauss,best-scale100 --steps 6000 \\
         --plot docs/figures/hydrogen-ablation.png --json runs/hydrogen-ablation.json
-    python benchmarks/hydrogen_accuracy.py --variants best --modes 16 --steps 50000 --seeds 0 --eval-every 5000
-    python benchmarks/hydrogen_accuracy.py --variants best --steps 10000 --seeds 0 1 --eval-every 1000 \\
+    python benchmarks/hydrogen_accuracy.py --variants best-scale100 --modes 16 --steps 50000 --seeds 0 --eval-every 5000
+    python benchmarks/hydrogen_accuracy.py --variants best-scale100 --steps 10000 --seeds 0 1 --eval-every 1000 \\
         --methods neuralsvd-seq,neuralsvd-seq-paper,neuralsvd-joint,neuralsvd-joint-paper,neuralef,neuralef-unbiased
 
 ``--list`` prints the variants. Extra ``--set KEY=VALUE`` apply to every variant (after its own);
@@ -42,23 +42,27 @@ class Variant:
 
 _GAUSS = ("operator.sampler_std=(1.0, 4.0, 10.0)", "operator.sampler_exp_scale=None")
 _RATIO = ("operator.model_output=ratio", "model.envelope=False")
+#: the variants measured before the preset's scale became 10⁴ keep the paper's ``T = 100 (0 - H)``
+_S100 = "operator.scale=100.0"
 
 #: the levers, each a named configuration relative to a preset (compared at the same steps and batch)
 VARIANTS: dict[str, Variant] = {
     "paper": Variant("hydrogen-paper", ("model.fourier_features=0",),
                      "the authors' recipe: RMSProp 1e-4, EMA 0.995, N(0, 16²), model = ψ/√p"),
-    "ratio-gauss": Variant("hydrogen", (*_RATIO, "model.radial=False", *_GAUSS),
+    "ratio-gauss": Variant("hydrogen", (_S100, *_RATIO, "model.radial=False", *_GAUSS),
                            "Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p (the first hydrogen preset)"),
-    "ratio-gauss-radial": Variant("hydrogen", (*_RATIO, *_GAUSS),
+    "ratio-gauss-radial": Variant("hydrogen", (_S100, *_RATIO, *_GAUSS),
                                   "same + |x| as an input"),
-    "psi-gauss": Variant("hydrogen", _GAUSS,
+    "psi-gauss": Variant("hydrogen", (_S100, *_GAUSS),
                          "model = ψ, |x| input, spread envelopes; Gaussian mixture σ = 1, 4, 10"),
-    "psi-exp-noradial": Variant("hydrogen", ("model.radial=False",),
+    "psi-exp-noradial": Variant("hydrogen", (_S100, "model.radial=False",),
                                 "model = ψ, spread envelopes, exponential mixture; no |x| input"),
-    "psi-exp-env3": Variant("hydrogen", ("model.envelope_scale=3.0",),
+    "psi-exp-env3": Variant("hydrogen", (_S100, "model.envelope_scale=3.0",),
                             "model = ψ, |x| input, exponential mixture; all envelopes start at s = 3"),
-    "best": Variant("hydrogen", (), "the `hydrogen` preset: model = ψ, |x| input, spread envelopes "
-                                    "s_l = 1.2 (1 + 2 √l), radial-exponential mixture a = 0.5, 2, 8"),
+    "best": Variant("hydrogen", (), "the `hydrogen` preset: T = 10⁴ (0 - H), model = ψ, |x| input, spread "
+                                    "envelopes s_l = 1.2 (1 + 2 √l), radial-exponential mixture a = 0.5, 2, 8"),
+    "best-scale100": Variant("hydrogen", (_S100,), "the same at the paper's scale T = 100 (0 - H) (the preset "
+                                                   "before the scale study, docs/convergence-study.md §8)"),
 }
 
 
