@@ -55,9 +55,9 @@ VARIANTS: dict[str, Variant] = {
                                   "same + |x| as an input"),
     "psi-gauss": Variant("hydrogen", (_S100, *_GAUSS),
                          "model = ψ, |x| input, spread envelopes; Gaussian mixture σ = 1, 4, 10"),
-    "psi-exp-noradial": Variant("hydrogen", (_S100, "model.radial=False",),
+    "psi-exp-noradial": Variant("hydrogen", (_S100, "model.radial=False"),
                                 "model = ψ, spread envelopes, exponential mixture; no |x| input"),
-    "psi-exp-env3": Variant("hydrogen", (_S100, "model.envelope_scale=3.0",),
+    "psi-exp-env3": Variant("hydrogen", (_S100, "model.envelope_scale=3.0"),
                             "model = ψ, |x| input, exponential mixture; all envelopes start at s = 3"),
     "best": Variant("hydrogen", (), "the `hydrogen` preset: T = 10⁴ (0 - H), model = ψ, |x| input, spread "
                                     "envelopes s_l = 1.2 (1 + 2 √l), radial-exponential mixture a = 0.5, 2, 8"),

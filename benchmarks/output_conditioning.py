@@ -48,21 +48,8 @@ def _mlp(model: nn.Module) -> nn.Module:
 
 def cancellation_ratio(mlp: nn.Module, x: Tensor) -> Tensor:
     """``‖w_l‖ · rms‖h_l‖ / rms|w_l·h_l + b_l|`` per mode, ``(L,)``, on points ``x (n, d)``."""
-    hidden: list[Tensor] = []
-    activate = mlp._activate
-
-    def capture(z: Tensor, chans: Tensor | None):
-        out = activate(z, chans)
-        hidden.append(out[0])
-        return out
-
-    mlp._activate = capture
-    try:
-        with torch.no_grad():
-            mlp(x)
-    finally:
-        del mlp._activate  # back to the class's method
-    h = hidden[-1]  # (L, n, H)
+    with torch.no_grad():
+        h = mlp.hidden(x)[0]  # (L, n, H)
     w = mlp.out_weight[..., 0]  # (L, H)
     out = torch.einsum("lnh,lh->ln", h, w) + mlp.out_bias[:, :, 0]  # (L, n)
     return w.norm(dim=1) * h.square().sum(-1).mean(-1).sqrt() / out.square().mean(-1).sqrt()

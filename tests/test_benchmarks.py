@@ -122,13 +122,10 @@ def test_cancellation_ratio_by_hand():
     torch.manual_seed(0)
     mlp = ParallelMLP(2, 3, hidden=(8, 8)).double()
     x = torch.randn(1, 2, dtype=torch.float64)
-    hidden = []
-    activate = mlp._activate
-    mlp._activate = lambda z, c: hidden.append(activate(z, c)[0]) or activate(z, c)
     with torch.no_grad():
-        mlp(x)
-    del mlp._activate
-    h = hidden[-1][:, 0]  # (L, H)
+        h = mlp.hidden(x)[0][:, 0]  # (L, H)
+        # the output layer on `hidden` is the model's output (no envelope here)
+        assert torch.allclose((h * mlp.out_weight[..., 0]).sum(1) + mlp.out_bias[:, 0, 0], mlp(x)[0], rtol=1e-12)
     with torch.no_grad():
         mlp.out_weight[0, :, 0] = 3.0 * h[0]
     ratio = bench.cancellation_ratio(mlp, x)
@@ -137,6 +134,9 @@ def test_cancellation_ratio_by_hand():
     expected = w.norm(dim=1) * h[1:].norm(dim=1) / (w * h[1:]).sum(1).abs()
     assert torch.allclose(ratio[1:], expected.detach(), rtol=1e-12)
     assert bool((ratio >= 1 - 1e-12).all())
+    with torch.no_grad():  # zero biases: rescaling a mode's output weights leaves its ratio unchanged
+        mlp.out_weight[1] *= 5.0
+    assert torch.allclose(bench.cancellation_ratio(mlp, x), ratio, rtol=1e-12)
 
 
 def test_output_conditioning_smoke(tmp_path, capsys):

@@ -187,20 +187,8 @@ class _BatchedMLP(nn.Module):
         pushed through the same layers as one batched matmul per layer (no bias), with the chain rule
         ``∇σ(z) = σ'(z) ∇z``, ``Δσ(z) = σ''(z) |∇z|² + σ'(z) Δz`` at each activation.
         """
-        self._check(x)
-        n, groups = x.shape[0], self.groups
-        z = (self._features(x) @ self.first_weight.flatten(1)).view(n, groups, -1).transpose(0, 1)
-        z = z + self.first_bias  # (G, n, H)
-        chans = None
-        if derivatives:
-            with torch.no_grad():
-                feats = self._features_jet(x)[1:]  # (d+1, n, F)
-                k = feats.shape[0]
-                chans = (feats.reshape(k * n, -1) @ self.first_weight.detach().flatten(1)).view(k, n, groups, -1)
-                chans = chans.permute(2, 0, 1, 3).contiguous()  # (G, d+1, n, H)
-        h, chans = self._activate(z, chans)
-        for w, b in zip(self.weights, self.biases):
-            h, chans = self._activate(torch.baddbmm(b, h, w), self._propagate(chans, w))
+        n = x.shape[0]
+        h, chans = self.hidden(x, derivatives)
         out = torch.baddbmm(self.out_bias, h, self.out_weight)  # (G, n, out)
         value = out.transpose(0, 1).reshape(n, self.num_modes)  # (n, L)
         jet = None
@@ -220,6 +208,26 @@ class _BatchedMLP(nn.Module):
                 with torch.no_grad():
                     jet = jet_product(jet, self._box_jet(x))
         return value, jet
+
+    def hidden(self, x: Tensor, derivatives: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The last hidden layer ``(G, n, H)`` (``G = L`` disjoint networks, else 1; with graph) and, if
+        ``derivatives``, its derivative channels ``(G, d+1, n, H)`` (gradient, Laplacian; without graph).
+        The output layer maps it to the outputs; :meth:`value_and_jet` builds on it."""
+        self._check(x)
+        n, groups = x.shape[0], self.groups
+        z = (self._features(x) @ self.first_weight.flatten(1)).view(n, groups, -1).transpose(0, 1)
+        z = z + self.first_bias  # (G, n, H)
+        chans = None
+        if derivatives:
+            with torch.no_grad():
+                feats = self._features_jet(x)[1:]  # (d+1, n, F)
+                k = feats.shape[0]
+                chans = (feats.reshape(k * n, -1) @ self.first_weight.detach().flatten(1)).view(k, n, groups, -1)
+                chans = chans.permute(2, 0, 1, 3).contiguous()  # (G, d+1, n, H)
+        h, chans = self._activate(z, chans)
+        for w, b in zip(self.weights, self.biases):
+            h, chans = self._activate(torch.baddbmm(b, h, w), self._propagate(chans, w))
+        return h, chans
 
     def jet(self, x: Tensor) -> Tensor:
         """Value, gradient and Laplacian of every output: a jet of shape ``(d + 2, n, L)``, no graph."""
