@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ._validation import check_positive_int
+from .calibration import INIT_RATIO, calibrate_output_scale
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .decomposition import Decomposition, Model, check_model
 from .distributed import DataParallel, data_parallel, rank_seed
@@ -67,6 +68,7 @@ def fit(
     lr_backoff: float = 0.5,
     readout: str = "rayleigh",
     revive: bool = True,
+    init_ratio: float | None = INIT_RATIO,
     compile: bool = False,
     callback: Callable[[int, Model], None] | None = None,
     distributed: bool | None = None,
@@ -103,6 +105,10 @@ def fit(
             span; EVD only), see :func:`~neuralsvd.readout.estimate_eigenvalues`.
         revive: re-initialize a mode that collapsed to ``f ≈ 0``, a stationary point of NestedLoRA
             (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.revival`).
+        init_ratio: before the first step, scale each mode of a NestedLoRA loss (a loss with a norm
+            estimator) to ``‖f_l‖² = init_ratio · |ρ_l|``, ``ρ_l`` its Rayleigh quotient, through the model's
+            fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP): training then does not
+            depend on the operator's scale (:mod:`~neuralsvd.calibration`). ``None``: the model as given.
         compile: run the model, operator and loss of the training step through ``torch.compile``
             (the first steps pay the compilation; see the scaling benchmark for when it pays off).
         callback: ``callback(step, model)`` after every healthy ``log_every`` check, with the model as it
@@ -175,6 +181,11 @@ def fit(
                     saved["step"] = run.step
                 else:  # validate the problem once, on a real batch, before spending compute on it
                     operator.validate(dec.inputs(dec.sample(operator, rank_batch, run.generator, dtype)))
+                    if init_ratio is not None and loss.norms_are_eigenvalues:
+                        # the same batch on every rank (the models are equal): the same factors
+                        probe = torch.Generator(device).manual_seed(rank_seed(seed, 0))
+                        calibrate_output_scale(modules, dec, operator,
+                                               dec.sample(operator, max(batch_size, 1024), probe, dtype), init_ratio)
                     run.generator.manual_seed(rank_seed(seed, world.rank))
             start = run.step
             revival = ModeRevival(modules, seed) if revive else None

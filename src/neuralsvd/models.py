@@ -131,6 +131,9 @@ class _BatchedMLP(nn.Module):
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(groups, 1, b)) for b in widths[2:])
         self.out_weight = nn.Parameter(torch.randn(groups, hidden[-1], out_features) * math.sqrt(2.0 / hidden[-1]))
         self.out_bias = nn.Parameter(torch.zeros(groups, 1, out_features))
+        # a fixed (not trained) per-mode factor on the outputs, set once by scale_outputs (neuralsvd.calibration)
+        self.register_buffer("output_gain", torch.ones(groups, 1, out_features))
+        self.register_buffer("output_scaled", torch.zeros((), dtype=torch.bool))
         self.log_envelope_scale = (
             nn.Parameter(torch.tensor(scales, dtype=torch.get_default_dtype()).log()) if envelope else None
         )
@@ -159,7 +162,7 @@ class _BatchedMLP(nn.Module):
     @torch.no_grad()
     def reset_mode(self, mode: int, generator: torch.Generator) -> None:
         """Draw the parameters that feed output ``mode`` only afresh, as at construction (He-normal weights,
-        zero biases; the envelope scale is kept): the whole network of ``mode`` when disjoint, else its
+        zero biases; the envelope scale and the output gain are kept): the whole network of ``mode`` when disjoint, else its
         column of the output layer. Used to revive a collapsed mode (:mod:`neuralsvd.revival`)."""
         def he(shape: tuple[int, ...], fan_in: int, like: Tensor) -> Tensor:
             return torch.randn(shape, generator=generator, device=like.device).to(like.dtype) * math.sqrt(2.0 / fan_in)
@@ -176,6 +179,14 @@ class _BatchedMLP(nn.Module):
         for b in (self.first_bias, *self.biases, self.out_bias):
             b[mode] = 0
 
+    @torch.no_grad()
+    def scale_outputs(self, factors: Tensor) -> None:
+        """Multiply output ``l`` by ``factors[l]`` (``(L,)``, positive) from now on, through the fixed gain on
+        the output layer (a buffer: saved with the model, not trained; :mod:`neuralsvd.calibration`), and
+        mark the model as scaled (``output_scaled``), so that a later ``fit`` leaves it as it is."""
+        self.output_gain.mul_(factors.to(self.output_gain).view(self.groups, self.out_features).unsqueeze(1))
+        self.output_scaled.fill_(True)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
 
@@ -189,12 +200,12 @@ class _BatchedMLP(nn.Module):
         """
         n = x.shape[0]
         h, chans = self.hidden(x, derivatives)
-        out = torch.baddbmm(self.out_bias, h, self.out_weight)  # (G, n, out)
+        out = torch.baddbmm(self.out_bias, h, self.out_weight) * self.output_gain  # (G, n, out)
         value = out.transpose(0, 1).reshape(n, self.num_modes)  # (n, L)
         jet = None
         if derivatives:
             with torch.no_grad():
-                d_out = self._propagate(chans, self.out_weight)  # (G, d+1, n, out)
+                d_out = self._propagate(chans, self.out_weight) * self.output_gain.unsqueeze(1)  # (G, d+1, n, out)
                 d_out = d_out.permute(1, 2, 0, 3).reshape(-1, n, self.num_modes)  # (d+1, n, L)
                 jet = torch.cat([value.detach().unsqueeze(0), d_out], 0)  # (d+2, n, L)
         if self.log_envelope_scale is not None:
