@@ -42,27 +42,29 @@ class Variant:
 
 _GAUSS = ("operator.sampler_std=(1.0, 4.0, 10.0)", "operator.sampler_exp_scale=None")
 _RATIO = ("operator.model_output=ratio", "model.envelope=False")
-#: the variants measured before the preset's scale became 10⁴ keep the paper's ``T = 100 (0 - H)``
-_S100 = "operator.scale=100.0"
+#: the variants measured before ``fit`` capped the modes' initial size: as measured (the paper's scale,
+#: no cap; docs/convergence-study.md §9)
+_AS_MEASURED = ("operator.scale=100.0", "train.init_ratio=None")
 
 #: the levers, each a named configuration relative to a preset (compared at the same steps and batch)
 VARIANTS: dict[str, Variant] = {
     "paper": Variant("hydrogen-paper", ("model.fourier_features=0",),
                      "the authors' recipe: RMSProp 1e-4, EMA 0.995, N(0, 16²), model = ψ/√p"),
-    "ratio-gauss": Variant("hydrogen", (_S100, *_RATIO, "model.radial=False", *_GAUSS),
+    "ratio-gauss": Variant("hydrogen", (*_AS_MEASURED, *_RATIO, "model.radial=False", *_GAUSS),
                            "Adam 1e-3, Gaussian mixture σ = 1, 4, 10, model = ψ/√p (the first hydrogen preset)"),
-    "ratio-gauss-radial": Variant("hydrogen", (_S100, *_RATIO, *_GAUSS),
+    "ratio-gauss-radial": Variant("hydrogen", (*_AS_MEASURED, *_RATIO, *_GAUSS),
                                   "same + |x| as an input"),
-    "psi-gauss": Variant("hydrogen", (_S100, *_GAUSS),
+    "psi-gauss": Variant("hydrogen", (*_AS_MEASURED, *_GAUSS),
                          "model = ψ, |x| input, spread envelopes; Gaussian mixture σ = 1, 4, 10"),
-    "psi-exp-noradial": Variant("hydrogen", (_S100, "model.radial=False"),
+    "psi-exp-noradial": Variant("hydrogen", (*_AS_MEASURED, "model.radial=False"),
                                 "model = ψ, spread envelopes, exponential mixture; no |x| input"),
-    "psi-exp-env3": Variant("hydrogen", (_S100, "model.envelope_scale=3.0"),
+    "psi-exp-env3": Variant("hydrogen", (*_AS_MEASURED, "model.envelope_scale=3.0"),
                             "model = ψ, |x| input, exponential mixture; all envelopes start at s = 3"),
-    "best": Variant("hydrogen", (), "the `hydrogen` preset: T = 10⁴ (0 - H), model = ψ, |x| input, spread "
-                                    "envelopes s_l = 1.2 (1 + 2 √l), radial-exponential mixture a = 0.5, 2, 8"),
-    "best-scale100": Variant("hydrogen", (_S100,), "the same at the paper's scale T = 100 (0 - H) (the preset "
-                                                   "before the scale study, docs/convergence-study.md §8)"),
+    "best": Variant("hydrogen", (), "the `hydrogen` preset: T = 100 (0 - H) with the initial-size cap, model = ψ, "
+                                    "|x| input, spread envelopes s_l = 1.2 (1 + 2 √l), radial-exponential mixture "
+                                    "a = 0.5, 2, 8"),
+    "best-scale100": Variant("hydrogen", _AS_MEASURED, "the same without the cap (the preset before the scale study, "
+                                                "docs/convergence-study.md §8)"),
 }
 
 
@@ -109,7 +111,8 @@ def run_once(config, eval_every: int) -> dict:
     result = nsvd.fit(model, op, make_loss(config.method, config.modes), steps=t.steps, batch_size=t.batch_size,
                       optimizer=t.optimizer, lr=t.lr, schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay,
                       seed=config.seed, dtype=DTYPES[t.dtype], progress=False, eval_batches=t.eval_batches,
-                      readout=t.readout, log_every=min(t.log_every, eval_every), callback=curve)
+                      readout=t.readout, log_every=min(t.log_every, eval_every), callback=curve,
+                      init_ratio=t.init_ratio)
     wall = time.perf_counter() - t0
     final = _summary(nsvd.evaluate(result))
     return {"steps": t.steps, "seed": config.seed, "wall_seconds": wall,

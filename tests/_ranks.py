@@ -100,9 +100,12 @@ def fit_steps(world: DataParallel, steps: int = 4) -> dict:
     batches = [2.0 * torch.randn(N, 2, generator=gen, dtype=torch.float64) for _ in range(steps + 1)]
     calls = iter(batches)
     op.sample = lambda n, generator, dtype: share(next(calls), world).to(dtype)
-    result = nsvd.fit(small_model().double(), op, nsvd.NestedLoRA(2), steps=steps, batch_size=N, dtype=torch.float64,
+    model = small_model().double()
+    model.output_gain.mul_(50.0)  # above the initial-size cap: fit shrinks both modes (rank-averaged statistics)
+    result = nsvd.fit(model, op, nsvd.NestedLoRA(2), steps=steps, batch_size=N, dtype=torch.float64,
                       progress=False, eval_batches=1, distributed=world.active)
-    return {"params": [p.detach().clone() for p in result.model.parameters()], "loss": result.history["loss"]}
+    return {"params": [p.detach().clone() for p in result.model.parameters()], "loss": result.history["loss"],
+            "gain": model.output_gain.flatten().clone()}
 
 
 def losses_worker(rank: int, world_size: int, out: str) -> None:

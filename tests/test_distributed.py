@@ -55,9 +55,12 @@ def test_two_ranks_update_equals_one_process_on_the_global_batch(two_rank_steps,
 
 
 def test_two_rank_fit_equals_one_process_fit_on_the_global_batches(two_rank_steps):
-    """Through ``fit``: broadcast weights, averaged gradients, Adam, the control variate's running statistics."""
+    """Through ``fit``: broadcast weights, the initial-size cap, averaged gradients, Adam, the control variate's
+    running statistics."""
     ranks, single = two_rank_steps
+    assert bool((single["fit"]["gain"] < 50.0).all())  # the cap fired
     for rank in ranks:
+        assert _close(rank["fit"]["gain"], single["fit"]["gain"])
         for p, q in zip(rank["fit"]["params"], single["fit"]["params"]):
             assert _close(p, q)
         assert _close(rank["fit"]["loss"], single["fit"]["loss"])

@@ -1,33 +1,36 @@
-"""Calibrating the initial size of NestedLoRA's modes to the operator's scale.
+"""Capping the initial size of NestedLoRA's modes.
 
-NestedLoRA's optimum carries the eigenvalues in the functions' norms (``‖f_l‖² = λ_l``), so multiplying the
-operator by ``c`` multiplies every target by ``√c`` while a network's initial outputs stay where its
-initialization put them. Under Adam the two are the same thing: training ``k·g`` on ``T`` equals training
-``g`` on ``T / k²`` (the loss changes by the factor ``k⁴``, to which Adam is blind), so the operator's scale
-only acts through how large the initial functions are relative to their targets, and that ratio decided
-whether a run converged (docs/convergence-study.md §9: 2D hydrogen 0.15 vs 1.1e-3 mean energy error at
-10k steps; the 2D oscillator 1.5e-3 vs 1.2e-2 with 3× larger, 7e-2 with √10× smaller initial functions).
+NestedLoRA's optimum carries the eigenvalues in the functions' norms (``‖f_l‖² = λ_l``), while a network
+starts wherever its initialization puts it. Under Adam the operator's scale and the initial size are one
+lever: training ``k·g`` on ``T`` is training ``g`` on ``T / k²`` (the loss changes by ``k⁴``, to which Adam
+is blind). Modes that start much larger than their targets must first shrink, and networks shrink by
+cancelling large terms in the output layer, where every Adam step is then a large relative change
+(docs/convergence-study.md §8–9: 2D hydrogen at the paper's scale, 9 modes, 10k steps: 0.16 → 6.6e-4 mean
+energy error with this rule).
 
-The rule. Before the first step, each mode's output is multiplied by a fixed factor ``a_l`` (the model's
-output gain, see ``scale_outputs``) so that its squared norm is ``ratio · |ρ_l|``, ``ρ_l`` its Rayleigh
-quotient ``⟨f_l, T f_l⟩ / ‖f_l‖²`` (SVD: ``‖f_l‖‖g_l‖ = ratio · |⟨f_l, T g_l⟩| / (‖f_l‖‖g_l‖)``, both
-sides by ``√a_l``), all estimated on one batch. Both sides of that equation scale with ``c``, so training
-no longer depends on the operator's scale: a run on ``c T`` is the run on ``T`` with every function
-``√c`` times larger. The factor is fixed, not trained: it does not change the function class, the
-objective or its optimum (``f_l = √λ_l φ_l``), only where the optimizer starts.
+The rule. For a fixed shape ``f_l``, the objective's own choice of size is ``‖f_l‖² = ρ_l``, its Rayleigh
+quotient ``⟨f_l, T f_l⟩ / ‖f_l‖²`` (the minimum over ``s`` of ``-2 s² ⟨f, Tf⟩ + s⁴ ‖f‖⁴``). Before the first
+step, every mode whose squared norm exceeds ``ratio · |ρ_l|`` is multiplied by the fixed factor ``a_l < 1``
+that brings it there (the model's output gain, see ``scale_outputs``); smaller modes are kept. SVD: the
+product ``‖f_l‖‖g_l‖`` against ``ratio · |⟨f_l, T g_l⟩| / (‖f_l‖‖g_l‖)``, each side by ``a_l``. All on the
+first training batch (its global batch, data-parallel). Capped modes no longer depend on the operator's scale (both sides scale with it): a run on
+``c T`` is the run on ``T`` with every function ``√c`` times larger. The factor is fixed, not trained: the
+function class, the objective and its optimum (``f_l = √λ_l φ_l``) are unchanged, only the start moves.
+Shrinking further (``ratio < 1``) or growing small modes was measured worse (the study, §9).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from .decomposition import Decomposition
 from .operators.base import Operator
 
 __all__ = ["INIT_RATIO", "calibrate_output_scale", "scale_factors"]
 
-#: the default ``ratio``: initial ``‖f_l‖²`` as a fraction of ``|ρ_l|`` (measured, see the module docstring)
+#: the default ``ratio``: the cap on the initial ``‖f_l‖²`` as a multiple of ``|ρ_l|``
 INIT_RATIO = 1.0
 
 
@@ -41,25 +44,27 @@ def scale_factors(norms: Tensor, quotients: Tensor, ratio: float) -> Tensor:
 
 
 @torch.no_grad()
-def calibrate_output_scale(modules: tuple[nn.Module, ...], decomposition: Decomposition, operator: Operator,
-                           batch, ratio: float = INIT_RATIO) -> Tensor | None:
+def calibrate_output_scale(modules: tuple[nn.Module, ...], operator: Operator, batch: Tensor | tuple[Tensor, Tensor],
+                           ratio: float = INIT_RATIO,
+                           mean: Callable[..., tuple[Tensor, ...]] = lambda *stats: stats) -> Tensor | None:
     """Apply the rule of this module on ``batch`` (``x``, or ``(x, y)`` for SVD) and return the factors
     ``a_l`` ``(L,)``; None (nothing changed) when a module has no ``scale_outputs`` or was scaled before
-    (a model trained by an earlier ``fit``: its size is the training's, not the initialization's)."""
+    (a model trained by an earlier ``fit``: its size is the training's, not the initialization's).
+    ``mean`` turns this process's batch means into the global batch's (data-parallel: the loss's
+    ``batch_mean``), so that every rank computes the same factors."""
     if not all(hasattr(m, "scale_outputs") and not bool(m.output_scaled) for m in modules):
         return None
     if len(modules) == 1:
         fx, tfx = operator.apply(modules[0], batch)  # (n, L) each
-        norms = fx.pow(2).mean(0)
-        quotients = (fx * tfx).mean(0) / norms
-        factors = scale_factors(norms, quotients, ratio)
+        norms, inner = mean(fx.pow(2).mean(0), (fx * tfx).mean(0))  # ‖f_l‖², ⟨f_l, T f_l⟩
+        factors = scale_factors(norms, inner / norms, ratio)
         modules[0].scale_outputs(factors)
         return factors
     x, y = batch
     fx, gy, _, tadj_gx = operator.apply_svd(modules[0], modules[1], x, y)
-    norms = (fx.pow(2).mean(0) * gy.pow(2).mean(0)).sqrt()  # ‖f_l‖‖g_l‖
-    quotients = (fx * tadj_gx).mean(0) / norms
-    factors = scale_factors(norms, quotients, ratio)
-    for m in modules:
-        m.scale_outputs(factors.sqrt())
+    f2, g2, inner = mean(fx.pow(2).mean(0), gy.pow(2).mean(0), (fx * tadj_gx).mean(0))
+    norms = (f2 * g2).sqrt()  # ‖f_l‖‖g_l‖
+    factors = scale_factors(norms, inner / norms, ratio)
+    for m in modules:  # each side by a_l: the product by a_l²
+        m.scale_outputs(factors)
     return factors

@@ -105,10 +105,10 @@ def fit(
             span; EVD only), see :func:`~neuralsvd.readout.estimate_eigenvalues`.
         revive: re-initialize a mode that collapsed to ``f ≈ 0``, a stationary point of NestedLoRA
             (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.revival`).
-        init_ratio: before the first step, scale each mode of a NestedLoRA loss (a loss with a norm
-            estimator) to ``‖f_l‖² = init_ratio · |ρ_l|``, ``ρ_l`` its Rayleigh quotient, through the model's
-            fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP): training then does not
-            depend on the operator's scale (:mod:`~neuralsvd.calibration`). ``None``: the model as given.
+        init_ratio: before the first step, shrink each mode of a NestedLoRA loss (a loss with a norm
+            estimator) whose ``‖f_l‖²`` exceeds ``init_ratio · |ρ_l|`` (``ρ_l`` its Rayleigh quotient) to that
+            cap, through the model's fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP;
+            once per model, not on resume; :mod:`~neuralsvd.calibration`). ``None``: the model as given.
         compile: run the model, operator and loss of the training step through ``torch.compile``
             (the first steps pay the compilation; see the scaling benchmark for when it pays off).
         callback: ``callback(step, model)`` after every healthy ``log_every`` check, with the model as it
@@ -137,7 +137,7 @@ def fit(
     rank_batch = _rank_batch(batch_size, world)
     dec = _check_fit_args(model, operator, loss, steps, rank_batch, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size, max_rollbacks, lr_backoff, checkpoint_every,
-                          readout)
+                          readout, init_ratio)
     device = check_device(world.device(device))
     modules = dec.modules(model)
     first = next((p for m in modules for p in m.parameters()), None)
@@ -180,12 +180,11 @@ def fit(
                     run.load_state_dict(load_checkpoint(ckpt_path, device, CHECKPOINT_KEYS), ckpt_path)
                     saved["step"] = run.step
                 else:  # validate the problem once, on a real batch, before spending compute on it
-                    operator.validate(dec.inputs(dec.sample(operator, rank_batch, run.generator, dtype)))
+                    first = dec.sample(operator, rank_batch, run.generator, dtype)
+                    operator.validate(dec.inputs(first))
                     if init_ratio is not None and loss.norms_are_eigenvalues:
-                        # the same batch on every rank (the models are equal): the same factors
-                        probe = torch.Generator(device).manual_seed(rank_seed(seed, 0))
-                        calibrate_output_scale(modules, dec, operator,
-                                               dec.sample(operator, max(batch_size, 1024), probe, dtype), init_ratio)
+                        # the statistics are global-batch means: every rank gets the same factors
+                        calibrate_output_scale(modules, operator, first, init_ratio, mean=loss.batch_mean)
                     run.generator.manual_seed(rank_seed(seed, world.rank))
             start = run.step
             revival = ModeRevival(modules, seed) if revive else None
@@ -345,7 +344,7 @@ class _ProgressBar:
 def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, batch_size: int, optimizer: str,
                     lr: float, schedule: str, warmup: int, ema_decay: float | None, log_every: int,
                     eval_batches: int, eval_batch_size: int | None, max_rollbacks: int, lr_backoff: float,
-                    checkpoint_every: int, readout: str) -> Decomposition:
+                    checkpoint_every: int, readout: str, init_ratio: float | None) -> Decomposition:
     """Validate the arguments of :func:`fit`, tell the loss whether batches are the population, and
     return the decomposition (EVD or SVD)."""
     if not isinstance(op, Operator):
@@ -372,6 +371,8 @@ def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, 
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if init_ratio is not None and not (isinstance(init_ratio, (int, float)) and 0 < init_ratio < math.inf):
+        raise ValueError(f"init_ratio must be a positive number or None, got {init_ratio!r}")
     if ema_decay is not None and not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
     if not 0 < lr_backoff < 1:

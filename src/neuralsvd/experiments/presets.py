@@ -80,16 +80,15 @@ def _hydrogen() -> ExperimentConfig:
     cusp at the nucleus) and a per-mode envelope ``e^{-r/s_l}`` initialized by
     :func:`spread_envelope_scales` (``envelope_scale="spread"``); samples from an equal mixture of radial
     exponentials ``∝ e^{-r/a}``, ``a = 0.5, 2, 8`` (heavy tails for the outer shells, a third of the batch
-    near the nucleus); Adam 1e-3 without EMA; and ``T = 10⁴ (0 - H)`` instead of ``100 (0 - H)``: NestedLoRA's
-    mode ``l`` is ``sqrt(λ_l) φ_l``, and at the paper's scale the outer shells' outputs are so small that
-    the networks make them as differences of large terms, where each optimizer step is a large relative
-    change (docs/convergence-study.md §8: 0.163 → 1.7e-3 at 10k steps). Measured at 10k steps
-    (quadrature read-out, seed 0): mean relative energy error 1.7e-3, subspace distance (all) 2.5e-3,
-    under 4 minutes on one CPU core.
+    near the nucleus); Adam 1e-3 without EMA; 10k steps. The paper's operator ``T = 100 (0 - H)``: with
+    ``fit``'s initial-size cap (:mod:`neuralsvd.calibration`) the scale no longer matters (without the cap,
+    this scale gave 0.163, docs/convergence-study.md §8–9). Measured at 10k steps (quadrature read-out,
+    seed 0): mean relative energy error 6.6e-4, subspace distance (all) 1.9e-3, about 4 minutes on one
+    CPU core.
     """
     return ExperimentConfig(
         problem="hydrogen", modes=9,
-        operator=dict(charge=1.0, scale=1e4, shift=0.0, sampler_std=None, sampler_bound=None,
+        operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=None, sampler_bound=None,
                       laplacian="exact", sampler_exp_scale=(0.5, 2.0, 8.0), model_output="psi"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
