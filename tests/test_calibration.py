@@ -119,3 +119,13 @@ def test_baselines_are_not_calibrated():
     model = nsvd.models.ParallelMLP(2, 3, hidden=(16, 16))
     nsvd.fit(model, op, nsvd.NeuralEF(3), steps=5, progress=False, eval_batches=1)
     assert not bool(model.output_scaled) and bool((model.output_gain == 1).all())
+
+
+def test_state_saved_before_the_gain_existed_still_loads():
+    torch.manual_seed(0)
+    model = nsvd.models.ParallelMLP(2, 3, hidden=(8,))
+    old = {k: v for k, v in model.state_dict().items() if k not in ("output_gain", "output_scaled")}
+    fresh = nsvd.models.ParallelMLP(2, 3, hidden=(8,))
+    fresh.load_state_dict(old)  # strict
+    x = torch.randn(5, 2)
+    assert torch.equal(fresh(x), model(x)) and bool(fresh.output_scaled)  # a trained model: not re-calibrated

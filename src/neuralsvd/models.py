@@ -179,6 +179,12 @@ class _BatchedMLP(nn.Module):
         for b in (self.first_bias, *self.biases, self.out_bias):
             b[mode] = 0
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # state saved before the output gain existed: gain 1, and never calibrate a model that was trained
+        state_dict.setdefault(prefix + "output_gain", torch.ones_like(self.output_gain))
+        state_dict.setdefault(prefix + "output_scaled", torch.ones_like(self.output_scaled))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def scale_outputs(self, factors: Tensor) -> None:
         """Multiply output ``l`` by ``factors[l]`` (``(L,)``, positive) from now on, through the fixed gain on
