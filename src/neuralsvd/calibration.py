@@ -5,8 +5,7 @@ starts wherever its initialization puts it. Under Adam the operator's scale and 
 lever: training ``k·g`` on ``T`` is training ``g`` on ``T / k²`` (the loss changes by ``k⁴``, to which Adam
 is blind). Modes that start much larger than their targets must first shrink, and networks shrink by
 cancelling large terms in the output layer, where every Adam step is then a large relative change
-(docs/convergence-study.md §8–9: 2D hydrogen at the paper's scale, 9 modes, 10k steps: 0.16 → 6.6e-4 mean
-energy error with this rule).
+(docs/convergence-study.md §8–9 measures it, and what this rule changed).
 
 The rule. For a fixed shape ``f_l``, the objective's own choice of size is ``‖f_l‖² = ρ_l``, its Rayleigh
 quotient ``⟨f_l, T f_l⟩ / ‖f_l‖²`` (the minimum over ``s`` of ``-2 s² ⟨f, Tf⟩ + s⁴ ‖f‖⁴``). Before the first

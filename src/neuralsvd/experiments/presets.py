@@ -75,16 +75,15 @@ def _hydrogen_paper() -> ExperimentConfig:
 def _hydrogen() -> ExperimentConfig:
     """The CPU demo: 9 modes (n ≤ 2), see docs/hydrogen-study.md for the levers and their numbers.
 
-    Differs from the paper's recipe (``hydrogen-paper``) in five ways: the model is ``ψ`` itself
+    Differs from the paper's recipe (``hydrogen-paper``) in these ways: the model is ``ψ`` itself
     (``model_output="psi"``; the operator divides by ``sqrt(p)``), with the radius ``|x|`` as an input (the
     cusp at the nucleus) and a per-mode envelope ``e^{-r/s_l}`` initialized by
     :func:`spread_envelope_scales` (``envelope_scale="spread"``); samples from an equal mixture of radial
     exponentials ``∝ e^{-r/a}``, ``a = 0.5, 2, 8`` (heavy tails for the outer shells, a third of the batch
-    near the nucleus); Adam 1e-3 without EMA; 10k steps. The paper's operator ``T = 100 (0 - H)``: with
-    ``fit``'s initial-size cap (:mod:`neuralsvd.calibration`) the scale no longer matters (without the cap,
-    this scale gave 0.163, docs/convergence-study.md §8–9). Measured at 10k steps (quadrature read-out,
-    seed 0): mean relative energy error 6.6e-4, subspace distance (all) 1.9e-3, about 4 minutes on one
-    CPU core.
+    near the nucleus); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
+    ``fit``'s default initial-size cap (:mod:`neuralsvd.calibration`) is what makes it converge at this
+    budget (100× worse without it, docs/convergence-study.md §8–9). Measured numbers: the README's
+    results table.
     """
     return ExperimentConfig(
         problem="hydrogen", modes=9,
