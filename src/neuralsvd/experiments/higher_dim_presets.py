@@ -109,7 +109,8 @@ def _hydrogen3d() -> ExperimentConfig:
     """3D hydrogen H = -½Δ - 1/r (atomic units), 14 modes (n ≤ 3: 1 + 4 + 9).
 
     The 2D ``hydrogen`` preset's recipe: the model is ψ itself (``model_output="psi"``), with ``|x|`` as an
-    input and a per-mode envelope; samples from an equal mixture of radial exponentials ``∝ e^{-r/a}``.
+    input and a per-mode envelope; samples from an equal mixture of radial exponentials ``∝ e^{-r/a}``;
+    10k steps (with ``fit``'s default initial-size cap; docs/box-and-hydrogen3d.md §4 has the numbers).
     """
     return ExperimentConfig(
         problem="hydrogen3d", modes=14,
@@ -117,7 +118,7 @@ def _hydrogen3d() -> ExperimentConfig:
                       laplacian="exact", model_output="psi"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
-        train=TrainConfig(steps=40_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine"),
+        train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine"),
     )
 
 
