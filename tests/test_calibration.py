@@ -129,3 +129,11 @@ def test_state_saved_before_the_gain_existed_still_loads():
     fresh.load_state_dict(old)  # strict
     x = torch.randn(5, 2)
     assert torch.equal(fresh(x), model(x)) and bool(fresh.output_scaled)  # a trained model: not re-calibrated
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, "1"])
+def test_fit_rejects_a_bad_init_ratio(bad):
+    op = nsvd.operators.HarmonicOscillator(dim=2)
+    with pytest.raises(ValueError, match="init_ratio must be a positive number or None"):
+        nsvd.fit(nsvd.models.ParallelMLP(2, 2, hidden=(8,)), op, nsvd.NestedLoRA(2), steps=1, init_ratio=bad,
+                 progress=False)

@@ -12,10 +12,11 @@ quotient ``⟨f_l, T f_l⟩ / ‖f_l‖²`` (the minimum over ``s`` of ``-2 s² 
 step, every mode whose squared norm exceeds ``ratio · |ρ_l|`` is multiplied by the fixed factor ``a_l < 1``
 that brings it there (the model's output gain, see ``scale_outputs``); smaller modes are kept. SVD: the
 product ``‖f_l‖‖g_l‖`` against ``ratio · |⟨f_l, T g_l⟩| / (‖f_l‖‖g_l‖)``, each side by ``a_l``. All on the
-first training batch (its global batch, data-parallel). Capped modes no longer depend on the operator's scale (both sides scale with it): a run on
-``c T`` is the run on ``T`` with every function ``√c`` times larger. The factor is fixed, not trained: the
-function class, the objective and its optimum (``f_l = √λ_l φ_l``) are unchanged, only the start moves.
-Shrinking further (``ratio < 1``) or growing small modes was measured worse (the study, §9).
+first training batch (its global batch, data-parallel). Capped modes no longer depend on the operator's
+scale (both sides scale with it): a run on ``c T`` is the run on ``T`` with every function ``√c`` times
+larger. The factor is fixed, not trained: the function class, the objective and its optimum
+(``f_l = √λ_l φ_l``) are unchanged, only the start moves. Setting every mode to a tenth of its quotient
+(which also grows small modes) was measured worse (the study, §9).
 """
 
 from __future__ import annotations

@@ -180,11 +180,11 @@ def fit(
                     run.load_state_dict(load_checkpoint(ckpt_path, device, CHECKPOINT_KEYS), ckpt_path)
                     saved["step"] = run.step
                 else:  # validate the problem once, on a real batch, before spending compute on it
-                    first = dec.sample(operator, rank_batch, run.generator, dtype)
-                    operator.validate(dec.inputs(first))
+                    batch0 = dec.sample(operator, rank_batch, run.generator, dtype)
+                    operator.validate(dec.inputs(batch0))
                     if init_ratio is not None and loss.norms_are_eigenvalues:
                         # the statistics are global-batch means: every rank gets the same factors
-                        calibrate_output_scale(modules, operator, first, init_ratio, mean=loss.batch_mean)
+                        calibrate_output_scale(modules, operator, batch0, init_ratio, mean=loss.batch_mean)
                     run.generator.manual_seed(rank_seed(seed, world.rank))
             start = run.step
             revival = ModeRevival(modules, seed) if revive else None
