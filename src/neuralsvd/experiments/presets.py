@@ -61,14 +61,15 @@ def _oscillator_operator(p: dict[str, Any]) -> Operator:
 
 
 def _hydrogen_paper() -> ExperimentConfig:
-    """The authors' recipe (experiment-facts §2), kept as a baseline for accuracy studies."""
+    """The authors' recipe (experiment-facts §2), kept as a baseline for accuracy studies; their start too
+    (``train.init_ratio=None``: no initial-size cap, :mod:`neuralsvd.calibration`)."""
     return ExperimentConfig(
         problem="hydrogen-paper", modes=16,
         operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact",
                       sampler_exp_scale=None, model_output="ratio"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", fourier_features=1024, fourier_scale=0.1),
         train=TrainConfig(steps=500_000, batch_size=128, optimizer="rmsprop", lr=1e-4, schedule="cosine",
-                          ema_decay=0.995),
+                          ema_decay=0.995, init_ratio=None),  # the authors' start: no initial-size cap
     )
 
 
