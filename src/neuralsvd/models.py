@@ -162,8 +162,8 @@ class _BatchedMLP(nn.Module):
     @torch.no_grad()
     def reset_mode(self, mode: int, generator: torch.Generator) -> None:
         """Draw the parameters that feed output ``mode`` only afresh, as at construction (He-normal weights,
-        zero biases; the envelope scale and the output gain are kept): the whole network of ``mode`` when disjoint, else its
-        column of the output layer. Used to revive a collapsed mode (:mod:`neuralsvd.revival`)."""
+        zero biases; the envelope scale and the output gain are kept): the whole network of ``mode`` when
+        disjoint, else its column of the output layer. Used to revive a collapsed mode (:mod:`neuralsvd.revival`)."""
         def he(shape: tuple[int, ...], fan_in: int, like: Tensor) -> Tensor:
             return torch.randn(shape, generator=generator, device=like.device).to(like.dtype) * math.sqrt(2.0 / fan_in)
 

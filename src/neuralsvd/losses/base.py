@@ -57,7 +57,7 @@ class SpectralLoss(nn.Module):
     num_modes: int
     #: whether at the optimum mode ``l``'s squared norm ``‖f_l‖²`` (SVD: ``‖f_l‖ ‖g_l‖``) equals its
     #: eigenvalue (NestedLoRA); :func:`~neuralsvd.fit` then flags modes far from it as unconverged and
-    #: calibrates the initial norms to the operator's scale (:mod:`~neuralsvd.calibration`)
+    #: caps the modes' initial norms (:mod:`~neuralsvd.calibration`)
     norms_are_eigenvalues: bool = False
     #: whether every batch is the whole finite population (set by :meth:`use_population_batches`)
     population_batches: bool = False
