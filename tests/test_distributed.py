@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from _ranks import LOSSES, losses_worker, single_losses, spawn
 
 import neuralsvd as nsvd
 from neuralsvd.checkpoint import CheckpointError
-from neuralsvd.distributed import SINGLE, DataParallel, rank_seed
+from neuralsvd.distributed import SINGLE, DataParallel, PeerLostError, rank_seed
 from neuralsvd.experiments import get_problem
 from neuralsvd.experiments.compare import compare
 from neuralsvd.experiments.registry import make_operator
@@ -198,3 +200,81 @@ def test_nproc_runs_the_same_command_under_torchrun():
     cmd = torchrun_command(["run", "hydrogen", "--nproc", "2", "--steps", "5", "--nproc=2"], 2)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "neuralsvd",
                        "run", "hydrogen", "--steps", "5"]
+
+
+def _start_torchrun(args: list[str], cwd) -> subprocess.Popen:
+    """``torchrun`` in its own session (as a scheduler starts a job), so that its process group can be killed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "neuralsvd", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+#: ~110 steps/s with 2 ranks here: the run lasts seconds after its first checkpoint
+ORPHAN_RUN = ["run", "oscillator", "--modes", "2", "--steps", "800", "--batch-size", "16", "--checkpoint-every", "20",
+              "--set", "model.hidden=(8,)", "--set", "train.log_every=20", "--set", "train.eval_batches=1",
+              "--no-progress"]
+
+
+def _processes_writing(out) -> list[int]:
+    """The live processes whose command line names ``out`` (Linux /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(out).encode() in cmdline.read_bytes().split(b"\0") and \
+                    (cmdline.parent / "stat").read_text().split()[2] != "Z":
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_killed_launcher_leaves_no_rank_and_resumes_at_once_bitwise(tmp_path):
+    """``kill -9`` on torchrun's process group right after the first checkpoint (what a scheduler or the OOM
+    killer does): the ranks, in sessions of their own, end with their launcher and release the folder, so an
+    immediate ``--resume`` is accepted and ends bitwise where an uninterrupted run ends."""
+    import time
+
+    whole = _torchrun([*ORPHAN_RUN, "--out", str(tmp_path / "whole")], tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    job = _start_torchrun([*ORPHAN_RUN, "--out", str(out)], tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").exists():
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
+    deadline = time.monotonic() + 2
+    while _processes_writing(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _processes_writing(out), "a rank outlived its launcher"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] < 800  # it ended with its launcher
+    resumed = _torchrun([*ORPHAN_RUN, "--out", str(out), "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    assert 0 < b["resumed_from_step"] < 800  # it was killed mid-run and continued
+    for key in ("wall_seconds", "steps_per_second", "resumed_from_step"):
+        a.pop(key), b.pop(key)
+    assert a == b
+    ra, rb = (torch.load(d / "result.pt", weights_only=True) for d in (tmp_path / "whole", out))
+    assert all(torch.equal(p, q) for p, q in zip(ra["models"][0].values(), rb["models"][0].values()))
+
+
+def peer_lost_worker(rank: int, world_size: int, tmp: str) -> None:
+    """Rank 1 leaves at once; rank 0's next collective fails with an error naming what happened."""
+    if rank == 1:
+        return
+    time.sleep(0.5)
+    with pytest.raises(PeerLostError, match="rank 0 of 2: a peer rank is gone"):
+        DataParallel(2, 0, 0).mean(torch.ones(3))
+    Path(tmp, "peer-lost-ok").touch()
+
+
+def test_a_rank_whose_peer_is_gone_ends_with_a_clear_error(tmp_path):
+    spawn(peer_lost_worker, 2, tmp_path, str(tmp_path))
+    assert (tmp_path / "peer-lost-ok").exists()

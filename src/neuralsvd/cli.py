@@ -17,7 +17,7 @@ import torch
 
 from .artifacts import EXPORT_NAME, ArtifactError, export, load
 from .checkpoint import CheckpointError, FolderLockedError
-from .distributed import launched_by_torchrun
+from .distributed import PeerLostError, launched_by_torchrun
 from .experiments import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, run
 from .experiments.compare import compare, comparison_table
 from .fit import DivergenceError
@@ -27,8 +27,9 @@ from .resources import ResourceError
 DEFAULT_COMPARISON = "neuralsvd-seq,neuralsvd-joint,spin,neuralef"
 #: exit codes: 2 bad request or output folder (configuration, arguments, unusable checkpoint, folder not
 #: writable, disk full, folder in use by another run), 3 training diverged, 4 the machine cannot serve the
-#: request (no such device, not enough memory), 128 + signal when stopped by SIGINT (130) or SIGTERM (143)
-EXIT_ERROR, EXIT_DIVERGED, EXIT_RESOURCES = 2, 3, 4
+#: request (no such device, not enough memory), 5 a data-parallel peer rank is gone (crashed, killed, or silent
+#: past the collective timeout), 128 + signal when stopped by SIGINT (130) or SIGTERM (143)
+EXIT_ERROR, EXIT_DIVERGED, EXIT_RESOURCES, EXIT_PEER_LOST = 2, 3, 4, 5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,6 +211,9 @@ def _main(argv: list[str]) -> int:
     except ResourceError as err:
         print(f"neuralsvd: error: {err}", file=sys.stderr)
         return EXIT_RESOURCES
+    except PeerLostError as err:  # the folder lock is released on the way out; the last checkpoint is intact
+        print(f"neuralsvd: error: {err}; resume with --resume", file=sys.stderr)
+        return EXIT_PEER_LOST
     except (ArtifactError, ConfigError, CheckpointError, FolderLockedError, ValueError, TypeError, OSError,
             NotImplementedError) as err:
         print(f"neuralsvd: error: {err}", file=sys.stderr)

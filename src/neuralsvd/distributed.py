@@ -16,20 +16,39 @@ is the mean over ranks: :meth:`DataParallel.average_gradients`.
 
 In one process (no process group, or ``distributed=False``) :data:`SINGLE` does nothing: the same code
 runs unchanged.
+
+**Ranks end with their job.** ``torchrun`` starts each rank in a session of its own, so a ``kill -9`` on
+the launcher's process group (a scheduler's or the OOM killer's) does not reach them. A rank therefore
+watches its launcher (:func:`watch_launcher`) and ends at once when it is gone (its folder lock and
+memory go with it; the last checkpoint is intact, since checkpoints are written atomically), and every
+collective has a bounded timeout (:data:`COLLECTIVE_TIMEOUT`, ``NEURALSVD_COLLECTIVE_TIMEOUT`` seconds), so a
+rank whose peer is gone ends with an error naming it instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["SINGLE", "DataParallel", "data_parallel", "init_from_env", "launched_by_torchrun", "rank_seed"]
+__all__ = ["COLLECTIVE_TIMEOUT", "SINGLE", "DataParallel", "PeerLostError", "data_parallel", "init_from_env", "launched_by_torchrun",
+           "rank_seed", "watch_launcher"]
+
+#: the longest a rank waits in one collective for its peers (seconds); the environment variable
+#: ``NEURALSVD_COLLECTIVE_TIMEOUT`` overrides it (a first step that compiles or a slow checkpoint disk may
+#: need more)
+COLLECTIVE_TIMEOUT = 300.0
 
 
 def launched_by_torchrun() -> bool:
@@ -45,11 +64,52 @@ def init_from_env(device: str | torch.device = "cpu") -> bool:
         return True
     if not (dist.is_available() and launched_by_torchrun()):
         return False
+    watch_launcher()
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    timeout = float(os.environ.get("NEURALSVD_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
     return True
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed: a peer rank crashed, was killed, or did not answer within the timeout."""
+
+
+@contextlib.contextmanager
+def _collective(world: DataParallel, what: str) -> Iterator[None]:
+    """Turn a failed collective (gloo/NCCL raise a bare ``RuntimeError``) into :class:`PeerLostError`."""
+    try:
+        yield
+    except RuntimeError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PeerLostError(f"rank {world.rank} of {world.world_size}: a peer rank is gone or did not answer "
+                            f"within the collective timeout ({what}): {first}") from err
+
+
+_watching: list[int] = []
+
+
+def watch_launcher(poll: float = 0.2) -> None:
+    """End this process (``SIGKILL``, after a line on stderr) within ``poll`` seconds of its parent's
+    death, from a daemon thread that polls ``os.getppid()`` (an orphan is re-parented). For ``torchrun``
+    ranks: the launcher forwards SIGINT/SIGTERM itself, but a launcher killed with ``kill -9`` cannot, and
+    its ranks, in sessions of their own, would train on, holding the run folder. Idempotent."""
+    if _watching or not hasattr(os, "getppid"):
+        return
+    parent = os.getppid()
+    _watching.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        rank = os.environ.get("RANK", "?")
+        print(f"neuralsvd: rank {rank}: its launcher (pid {parent}) is gone; ending this rank (the last "
+              "checkpoint is intact)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="neuralsvd-launcher-watch", daemon=True).start()
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -92,7 +152,8 @@ class DataParallel:
         if not self.active:
             return tensors
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-        dist.all_reduce(flat)
+        with _collective(self, "all-reduce"):
+            dist.all_reduce(flat)
         flat /= self.world_size
         return tuple(part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors))
 
@@ -125,7 +186,8 @@ class DataParallel:
         if not self.active:
             return value
         t = torch.tensor([value], dtype=torch.int64, device=self._comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        with _collective(self, "all-reduce"):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
     def gather(self, obj: object) -> list[object]:
@@ -133,18 +195,21 @@ class DataParallel:
         if not self.active:
             return [obj]
         out: list[object] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with _collective(self, "all-gather"):
+            dist.all_gather_object(out, obj)
         return out
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite ``tensors`` on every rank with rank 0's (identical initial weights)."""
         if self.active:
-            for t in tensors:
-                dist.broadcast(t.data, src=0)
+            with _collective(self, "broadcast"):
+                for t in tensors:
+                    dist.broadcast(t.data, src=0)
 
     def barrier(self) -> None:
         if self.active:
-            dist.barrier()
+            with _collective(self, "barrier"):
+                dist.barrier()
 
     def _comm_device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
