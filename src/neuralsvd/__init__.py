@@ -3,7 +3,6 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import autodiff, metrics, models, operators, quadrature, sampling
-from .artifacts import load
 from .evaluation import evaluate
 from .fit import DivergenceError, FitResult, fit
 from .losses import LossOutput, NestedLoRA, NeuralEF, SpectralLoss, SpIN
@@ -30,10 +29,13 @@ __all__ = [  # noqa: RUF022 - grouped by kind
 
 
 def __getattr__(name: str):
-    """``neuralsvd.estimators`` (scikit-learn style estimators) is imported on first use: it needs
-    scikit-learn, which the rest of the package does not."""
-    if name == "estimators":
-        import importlib
+    """Imported on first use: ``neuralsvd.estimators`` (scikit-learn style estimators; it needs
+    scikit-learn, which the rest of the package does not) and ``neuralsvd.load`` (it rebuilds a run's
+    experiment, so it loads the named problems)."""
+    import importlib
 
+    if name == "estimators":
         return importlib.import_module(".estimators", __name__)
+    if name == "load":
+        return importlib.import_module(".experiments.experiment", __name__).load
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import EXPORT_NAME, ArtifactError, export, load
+from .artifacts import EXPORT_NAME, ArtifactError, export
 from .checkpoint import CheckpointError, FolderLockedError
 from .distributed import PeerLostError, launched_by_torchrun
-from .experiments import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, run
+from .experiments import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, load, run
 from .experiments.compare import compare, comparison_table
 from .fit import DivergenceError
 from .interrupts import TrainingInterrupted, exit_code
@@ -74,6 +74,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.lr=3e-4 --set model.hidden=(64,64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for this process (default: OMP_NUM_THREADS if set, else torch's default)")
     p.add_argument("--reference", choices=("auto", "grid", "none"), default=None,
                    help="problems without a closed form (schrodinger): compare with a grid solver's spectrum "
                         "(auto: for d ≤ 2)")
@@ -171,6 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            print(f"neuralsvd: error: --threads must be a positive number of threads, got {args.threads}",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        torch.set_num_threads(args.threads)
     if args.command == "list":
         _list()
         return 0

@@ -20,6 +20,7 @@ from . import data_presets  # noqa: F401
 
 # isort: split
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, fit_options
+from .experiment import Experiment, build, load
 from .registry import METHODS, PROBLEMS, build_model, get_problem, make_loss, make_model, make_operator
 from .run import run
 
@@ -27,12 +28,15 @@ __all__ = [
            "METHODS",
            "PROBLEMS",
            "ConfigError",
+           "Experiment",
            "ExperimentConfig",
            "ModelConfig",
            "TrainConfig",
+           "build",
            "build_model",
            "fit_options",
            "get_problem",
+           "load",
            "make_loss",
            "make_model",
            "make_operator",

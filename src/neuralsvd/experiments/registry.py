@@ -30,6 +30,7 @@ __all__ = [
     "make_loss",
     "make_model",
     "make_operator",
+    "method_loss",
     "register",
     "spread_envelope_scales",
 ]
@@ -122,10 +123,15 @@ def get_problem(name: str) -> Problem:
     return PROBLEMS[name]
 
 
-def make_loss(method: str, num_modes: int) -> SpectralLoss:
+def method_loss(method: str) -> Callable[[int], SpectralLoss]:
+    """The loss factory ``num_modes -> loss`` of ``method`` (a :data:`METHODS` name)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    return METHODS[method][1](num_modes)
+    return METHODS[method][1]
+
+
+def make_loss(method: str, num_modes: int) -> SpectralLoss:
+    return method_loss(method)(num_modes)
 
 
 def make_operator(config: ExperimentConfig) -> Operator:

@@ -23,10 +23,10 @@ from .. import artifacts
 from ..checkpoint import atomic_write, lock_folder
 from ..distributed import DataParallel, data_parallel
 from ..evaluation import evaluate
-from ..fit import DivergenceError, estimate_fit_memory, fit
-from ..resources import allocation_failures_as, check_device, check_memory
-from .config import DTYPES, ConfigError, ExperimentConfig, fit_options
-from .registry import build_model, get_problem, make_loss, make_operator
+from ..fit import DivergenceError
+from .config import DTYPES, ConfigError, ExperimentConfig
+from .experiment import Experiment, build
+from .registry import get_problem
 
 __all__ = ["DTYPES", "OutputError", "run", "summary_table"]
 #: metrics.json fields that are null when a run diverged
@@ -52,21 +52,6 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise OutputError(err.errno, f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(errno.EACCES, f"the output folder {out_dir} is not writable")
-
-
-def _check_memory(config: ExperimentConfig, operator: Any, options: dict[str, Any]) -> None:
-    """Check the device and the estimated peak memory before any weight is allocated (the model is
-    built on the ``meta`` device for its shapes)."""
-    device = check_device(config.device)
-    try:
-        with torch.device("meta"):
-            model = build_model(config, operator)
-    except Exception:  # noqa: BLE001 - a builder that needs real data; fit checks again on the real model
-        return
-    check_memory(estimate_fit_memory(model, operator, config.modes, batch_size=options["batch_size"],
-                                     steps=options["steps"], optimizer=options["optimizer"],
-                                     ema_decay=options["ema_decay"], dtype=options["dtype"],
-                                     eval_batch_size=options["eval_batch_size"]), device)
 
 
 def _check_resume(out_dir: Path, config: ExperimentConfig) -> None:
@@ -139,8 +124,9 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
         echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, evaluate and write the outputs of ``config`` into ``out_dir``; returns the metrics.
 
-    Before training: the device must exist and the estimated peak memory fit
-    (:class:`~neuralsvd.resources.ResourceError` otherwise); the output folder must be creatable and
+    The experiment is built once (:func:`~neuralsvd.experiments.experiment.build`: before its weights
+    exist, the device must exist and the estimated peak memory fit,
+    :class:`~neuralsvd.resources.ResourceError` otherwise); the output folder must be creatable and
     writable (:class:`OutputError`) and not in use by another run
     (:class:`~neuralsvd.checkpoint.FolderLockedError`; the lock dies with its process). Every file is
     written atomically. A signal during training raises :class:`~neuralsvd.interrupts.TrainingInterrupted`
@@ -152,33 +138,26 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     """
     out_dir = Path(out_dir)
     world = data_parallel(None, config.device)
-    options = fit_options(config)
-    make_loss(config.method, 1)  # an unknown method fails before anything is built
-    operator = make_operator(config)
-    _check_memory(config, operator, options)
-    with allocation_failures_as(f"out of memory building the {config.method} loss for {config.modes} modes"):
-        loss = make_loss(config.method, config.modes)
+    exp = build(config)
     if resume:
         _check_resume(out_dir, config)
     if world.is_main:
         _prepare_out_dir(out_dir)
     with lock_folder(out_dir) if world.is_main else contextlib.nullcontext():
-        return _run_locked(config, out_dir, options, loss, operator, resume, progress, echo, world)
+        return _run_locked(exp, out_dir, resume, progress, echo, world)
 
 
-def _run_locked(config: ExperimentConfig, out_dir: Path, options: dict[str, Any], loss: Any, operator: Any,
-                resume: bool, progress: bool, echo: Callable[[str], None], world: DataParallel) -> dict[str, Any]:
+def _run_locked(exp: Experiment, out_dir: Path, resume: bool, progress: bool, echo: Callable[[str], None],
+                world: DataParallel) -> dict[str, Any]:
+    config = exp.config
     if world.is_main:
         _write_json(out_dir / "config.json", config.to_dict())
-    torch.manual_seed(config.seed)
-    with allocation_failures_as(f"out of memory building the model on {config.device}"):
-        model = build_model(config, operator)
     t = config.train
     header = {"problem": config.problem, "method": config.method, "modes": config.modes, "steps": t.steps,
               "batch_size": t.batch_size, "seed": config.seed, "device": config.device,
               "processes": world.world_size}
     try:
-        result = fit(model, operator, loss, **options, checkpoint_dir=out_dir, resume=resume, progress=progress)
+        result = exp.fit(checkpoint_dir=out_dir, resume=resume, progress=progress)
     except DivergenceError as err:  # never write NaN up as a result
         if world.is_main:
             _write_json(out_dir / "metrics.json", {**header, "status": "diverged", "error": str(err),
@@ -206,7 +185,7 @@ def _run_locked(config: ExperimentConfig, out_dir: Path, options: dict[str, Any]
         if problem.plot is not None:
             problem.plot(result, config, path)
         else:
-            plotting.plot_eigenfunctions(result, operator, path=path)
+            plotting.plot_eigenfunctions(result, exp.operator, path=path)
     exact = metrics["exact_eigenvalues"]
     with _atomic_figure(out_dir / "training_curve.png") as path:
         plotting.plot_training_curve(result.history, torch.tensor(exact) if exact is not None else None, path=path)
