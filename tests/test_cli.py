@@ -154,3 +154,24 @@ def test_oscillator_omega_of_the_wrong_length_is_refused(capsys):
                      *TINY])
     assert code == 2
     assert "operator.omega must be one frequency or a tuple of operator.dim = 3 frequencies" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,env,expected", [
+    ([], None, 1),                        # the default: one thread
+    (["--threads", "2"], None, 2),
+    ([], "2", 2),                         # OMP_NUM_THREADS is respected (torch read it at start-up: unchanged)
+])
+def test_threads_default_option_and_environment(flags, env, expected, monkeypatch, capsys):
+    before = torch.get_num_threads()
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    try:
+        torch.set_num_threads(2)
+        cli.main(["run", "no-such-problem", *flags])  # refused after the threads are set
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+    assert cli.main(["run", "oscillator", "--threads", "0"]) == 2
+    assert "--threads must be a positive number" in capsys.readouterr().err

@@ -19,11 +19,17 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The neuralsvd modules ``path`` imports (at any depth: a function-level import is an edge too)."""
+    """The neuralsvd modules ``path`` imports (at any depth: a function-level import is an edge too; not
+    those under ``if TYPE_CHECKING:``)."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports never run
+            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -43,12 +49,22 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
+def _ancestors(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _graph() -> dict[str, set[str]]:
+    """Module -> the neuralsvd modules its import runs: those it names, and their packages' ``__init__``
+    (importing ``a.b.c`` runs ``a.b`` first), except its own packages (running already)."""
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {_module_name(p) for p in paths}
-    graph = {_module_name(p): _imports(p, modules) for p in paths}
-    # a module's import runs its packages' __init__ first: drop edges to one's own ancestor packages
-    return {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items()}
+    graph = {}
+    for p in paths:
+        m = _module_name(p)
+        own = set(_ancestors(m))
+        graph[m] = {t for target in _imports(p, modules) for t in (target, *_ancestors(target)) if t not in own and t != m}
+    return graph
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:

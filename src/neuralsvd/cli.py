@@ -30,6 +30,10 @@ DEFAULT_COMPARISON = "neuralsvd-seq,neuralsvd-joint,spin,neuralef"
 #: request (no such device, not enough memory), 5 a data-parallel peer rank is gone (crashed, killed, or silent
 #: past the collective timeout), 128 + signal when stopped by SIGINT (130) or SIGTERM (143)
 EXIT_ERROR, EXIT_DIVERGED, EXIT_RESOURCES, EXIT_PEER_LOST = 2, 3, 4, 5
+#: torch threads of a command when neither --threads nor OMP_NUM_THREADS says: one thread is as fast as
+#: two for the presets' step sizes on an idle machine and many times faster next to other busy processes
+#: (benchmarks/threads.py; table in benchmarks/README.md)
+DEFAULT_THREADS = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +79,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. --set train.lr=3e-4 --set model.hidden=(64,64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for this process (default: OMP_NUM_THREADS if set, else torch's default)")
+                   help=f"torch threads for this process (default: OMP_NUM_THREADS if set, else {DEFAULT_THREADS})")
     p.add_argument("--reference", choices=("auto", "grid", "none"), default=None,
                    help="problems without a closed form (schrodinger): compare with a grid solver's spectrum "
                         "(auto: for d ≤ 2)")
@@ -173,12 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            print(f"neuralsvd: error: --threads must be a positive number of threads, got {args.threads}",
+    if args.command in ("run", "compare"):
+        threads = args.threads if args.threads is not None else (
+            None if os.environ.get("OMP_NUM_THREADS") else DEFAULT_THREADS)
+        if threads is not None and threads < 1:
+            print(f"neuralsvd: error: --threads must be a positive number of threads, got {threads}",
                   file=sys.stderr)
             return EXIT_ERROR
-        torch.set_num_threads(args.threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
     if args.command == "list":
         _list()
         return 0
