@@ -30,9 +30,9 @@ DEFAULT_COMPARISON = "neuralsvd-seq,neuralsvd-joint,spin,neuralef"
 #: request (no such device, not enough memory), 5 a data-parallel peer rank is gone (crashed, killed, or silent
 #: past the collective timeout), 128 + signal when stopped by SIGINT (130) or SIGTERM (143)
 EXIT_ERROR, EXIT_DIVERGED, EXIT_RESOURCES, EXIT_PEER_LOST = 2, 3, 4, 5
-#: torch threads of a command when neither --threads nor OMP_NUM_THREADS says: one thread is as fast as
-#: two for the presets' step sizes on an idle machine and many times faster next to other busy processes
-#: (benchmarks/threads.py; table in benchmarks/README.md)
+#: torch threads of `run` and `compare` when neither --threads nor OMP_NUM_THREADS says: on cores that other
+#: processes also use, two threads ran the hydrogen preset 14x slower than one (benchmarks/threads.py;
+#: table in benchmarks/README.md)
 DEFAULT_THREADS = 1
 
 
