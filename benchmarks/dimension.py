@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from neuralsvd.experiments import get_problem, make_loss, make_model, make_operator
+from neuralsvd.problems import get_problem, make_loss, make_model, make_operator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import get_problem, make_loss, make_model, make_operator
-from neuralsvd.losses.nested_lora import ControlVariateStats, cv_products, control_variate_moments
+from neuralsvd.losses.nested_lora import ControlVariateStats, control_variate_moments, cv_products
+from neuralsvd.problems import get_problem, make_loss, make_model, make_operator
 
 ESTIMATORS = ("nestedlora-seq", "nestedlora-seq-cv", "neuralef")
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import get_problem, make_loss, make_model, make_operator
-from neuralsvd.experiments.run import DTYPES
-from neuralsvd.fit import FitResult, estimate_eigenvalues
+from neuralsvd.cli.run import DTYPES
+from neuralsvd.problems import get_problem, make_loss, make_model, make_operator
+from neuralsvd.training.fit import FitResult, estimate_eigenvalues
 
 
 @dataclass(frozen=True)

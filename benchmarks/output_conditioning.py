@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 import neuralsvd as nsvd
-from neuralsvd import metrics
-from neuralsvd.evaluation import inner_products
+from neuralsvd.numerics import metrics
+from neuralsvd.training.evaluation import inner_products
 
 
 def _mlp(model: nn.Module) -> nn.Module:

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
+from neuralsvd.numerics.potential_expr import parse_potential
+from neuralsvd.numerics.reference_grid import auto_box, solve_reference
 from neuralsvd.operators import HarmonicOscillator, Hydrogen2D
-from neuralsvd.potential_expr import parse_potential
-from neuralsvd.reference_grid import auto_box, solve_reference
 
 
 def _poschl_teller() -> tuple:

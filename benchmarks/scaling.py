@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import build_model, get_problem, make_loss, make_operator
+from neuralsvd.problems import build_model, get_problem, make_loss, make_operator
 
 
 def _train(rank: int, processes: int, rendezvous: str, out: str, spec: dict) -> None:

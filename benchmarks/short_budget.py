@@ -24,7 +24,7 @@ import warnings
 import torch
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import make_loss
+from neuralsvd.problems import make_loss
 
 PROBLEMS = {
     "oscillator3d": (lambda: nsvd.operators.HarmonicOscillator(dim=3), 4),

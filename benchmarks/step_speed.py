@@ -46,9 +46,9 @@ import time
 
 import torch
 
-from neuralsvd.autodiff import laplacian
 from neuralsvd.losses import NestedLoRA
 from neuralsvd.models import ParallelMLP
+from neuralsvd.numerics.autodiff import laplacian
 from neuralsvd.operators import Hydrogen2D
 
 L, BATCH, HIDDEN, EPS = 16, 128, (128, 128, 128), 1e-2

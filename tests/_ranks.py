@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import neuralsvd as nsvd
-from neuralsvd.distributed import SINGLE, DataParallel
 from neuralsvd.models import ParallelMLP
+from neuralsvd.training.distributed import SINGLE, DataParallel
 
 L, N = 3, 16
 #: every loss variant the data-parallel step must reproduce (name: (loss factory, SVD?))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuralsvd.experiments import get_problem, run
+from neuralsvd.cli.run import run
+from neuralsvd.problems import get_problem
 
 pytestmark = pytest.mark.slow
 

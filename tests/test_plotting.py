@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 import neuralsvd as nsvd
 from neuralsvd import plotting
+from neuralsvd.numerics.quadrature import Quadrature, box
 from neuralsvd.operators import HarmonicOscillator, Hydrogen2D, Operator, Schrodinger
-from neuralsvd.quadrature import Quadrature, box
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

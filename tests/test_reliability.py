@@ -19,11 +19,12 @@ import torch
 from _runs import FIT, assert_identical_runs, on_sample, small_model
 
 import neuralsvd as nsvd
-from neuralsvd import checkpoint, cli
-from neuralsvd.checkpoint import FolderLockedError, load_checkpoint, lock_folder, save_checkpoint
-from neuralsvd.interrupts import TrainingInterrupted
+from neuralsvd import cli
 from neuralsvd.operators import HarmonicOscillator
-from neuralsvd.resources import ResourceError
+from neuralsvd.training import checkpoint
+from neuralsvd.training.checkpoint import FolderLockedError, load_checkpoint, lock_folder, save_checkpoint
+from neuralsvd.training.interrupts import TrainingInterrupted
+from neuralsvd.training.resources import ResourceError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CMD = [sys.executable, "-m", "neuralsvd.cli"]
@@ -213,7 +214,7 @@ def test_disk_full_during_training_stops_with_the_previous_checkpoint(tmp_path, 
 
 
 def test_cli_disk_full_on_metrics_is_one_line(tmp_path, monkeypatch, capsys):
-    run_module = importlib.import_module("neuralsvd.experiments.run")
+    run_module = importlib.import_module("neuralsvd.cli.run")
 
     def failing(path, data):
         if path.name == "metrics.json":
@@ -278,7 +279,7 @@ def test_lock_refuses_a_concurrent_run_and_dies_with_its_holder(tmp_path, capsys
 def test_stop_requests_leave_ignored_signals_and_other_threads_alone():
     import threading
 
-    from neuralsvd.interrupts import StopRequests
+    from neuralsvd.training.interrupts import StopRequests
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

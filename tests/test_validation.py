@@ -10,8 +10,8 @@ from torch import nn
 
 import neuralsvd as nsvd
 from neuralsvd.models import MLP, ParallelMLP, Tabular
+from neuralsvd.numerics.sampling import Gaussian, Index, Mixture, TruncatedGaussian, UniformBox
 from neuralsvd.operators import DenseOperator, HarmonicOscillator, Hydrogen2D, Schrodinger
-from neuralsvd.sampling import Gaussian, Index, Mixture, TruncatedGaussian, UniformBox
 
 F64 = torch.float64
 FAST = dict(steps=2, progress=False, eval_batches=1, eval_batch_size=8)

@@ -2,11 +2,12 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import autodiff, metrics, models, operators, quadrature, sampling
-from .evaluation import evaluate
-from .fit import DivergenceError, FitResult, fit
+from . import models, operators
 from .losses import LossOutput, NestedLoRA, NeuralEF, SpectralLoss, SpIN
+from .numerics import autodiff, metrics, quadrature, sampling
 from .operators import CrossOperator, Operator
+from .training.evaluation import evaluate
+from .training.fit import DivergenceError, FitResult, fit
 
 try:
     __version__ = version("neuralsvd")

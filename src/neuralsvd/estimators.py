@@ -33,7 +33,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
 from ._validation import check_positive_int
-from .fit import FitResult, fit
 from .losses import NestedLoRA
 from .models import ParallelMLP
 from .operators.base import Operator
@@ -41,6 +40,7 @@ from .operators.graph import GraphOperator
 from .operators.kernel import KernelOperator
 from .operators.kernels import Centered, make_kernel
 from .operators.paired import PairedSamples
+from .training.fit import FitResult, fit
 
 __all__ = ["NeuralCCA", "NeuralEigenmap", "NeuralSpectralEmbedding"]
 

@@ -64,7 +64,7 @@ def test_mode_at_exactly_zero_stays_without_revival():
 def test_revival_never_fires_at_the_optimum():
     """Near the optimum ``‖f_l‖² = λ_l`` (also for tiny eigenvalues); a mode at ``f ≈ 0`` with a Rayleigh
     quotient of either sign is collapsed, a small mode whose norm is within 1e-5 of its quotient is not."""
-    from neuralsvd.revival import collapsed_modes
+    from neuralsvd.training.revival import collapsed_modes
 
     norms = torch.tensor([4.0, 1e-9, 0.0, 1e-9, 1e-12, 1e-3])
     rayleigh = torch.tensor([4.0, 1e-9, float("nan"), 2.0, -3.0, -3.0])

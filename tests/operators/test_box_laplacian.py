@@ -9,14 +9,14 @@ import math
 import pytest
 import torch
 
-from neuralsvd.autodiff import _exact_functional, laplacian
-from neuralsvd.evaluation import evaluate
 from neuralsvd.models import ParallelMLP
+from neuralsvd.models.separable import SeparableMLP
+from neuralsvd.numerics.autodiff import _exact_functional, laplacian
+from neuralsvd.numerics.sampling import UniformBox
 from neuralsvd.operators import BoxLaplacian
 from neuralsvd.operators.box_laplacian import box_multi_indices
-from neuralsvd.result import FitResult
-from neuralsvd.sampling import UniformBox
-from neuralsvd.separable import SeparableMLP
+from neuralsvd.training.evaluation import evaluate
+from neuralsvd.training.result import FitResult
 
 F64 = torch.float64
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuralsvd import models, operators, quadrature, sampling
+from neuralsvd import models, operators
+from neuralsvd.numerics import quadrature, sampling
 from neuralsvd.operators.base import CrossOperator, Operator
 from neuralsvd.operators.kernels import RBF
 

@@ -12,9 +12,9 @@ import scipy.sparse.linalg as spla
 import torch
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import get_problem
-from neuralsvd.experiments.presets import PROBLEMS
 from neuralsvd.operators import CycleGraph, GraphOperator, GridGraph
+from neuralsvd.problems import get_problem
+from neuralsvd.problems.presets import PROBLEMS
 
 F64 = torch.float64
 

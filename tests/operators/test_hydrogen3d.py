@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy import special
 
+from neuralsvd.numerics.quadrature import spherical
+from neuralsvd.numerics.sampling import RadialExponential
 from neuralsvd.operators import Hydrogen3D
 from neuralsvd.operators.hydrogen3d import hydrogen_states
-from neuralsvd.quadrature import spherical
-from neuralsvd.sampling import RadialExponential
 
 F64 = torch.float64
 

@@ -12,10 +12,11 @@ from sklearn.metrics import pairwise
 from sklearn.preprocessing import KernelCenterer
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import get_problem, run
-from neuralsvd.fit import estimate_eigenvalues
+from neuralsvd.cli.run import run
 from neuralsvd.operators import GaussianRBF, KernelOperator, nystrom
 from neuralsvd.operators import kernels as K
+from neuralsvd.problems import get_problem
+from neuralsvd.training.fit import estimate_eigenvalues
 
 F64 = torch.float64
 

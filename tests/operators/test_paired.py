@@ -9,12 +9,13 @@ import torch
 from sklearn.metrics import average_precision_score
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import get_problem, run
-from neuralsvd.experiments.data_presets import digits_views
-from neuralsvd.experiments.presets import PROBLEMS
-from neuralsvd.fit import estimate_eigenvalues
+from neuralsvd.cli.run import run
 from neuralsvd.operators import ConstantFirst, GaussianPairs, PairedSamples, cross_view_retrieval
 from neuralsvd.operators.kernel import gaussian_quadrature
+from neuralsvd.problems import get_problem
+from neuralsvd.problems.data_presets import digits_views
+from neuralsvd.problems.presets import PROBLEMS
+from neuralsvd.training.fit import estimate_eigenvalues
 
 F64 = torch.float64
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
-from neuralsvd.operators import HarmonicOscillator, Hydrogen2D, Schrodinger
-from neuralsvd.quadrature import Quadrature, box, gauss_legendre, polar
-from neuralsvd.sampling import (
+from neuralsvd.numerics.quadrature import Quadrature, box, gauss_legendre, polar
+from neuralsvd.numerics.sampling import (
     Gaussian,
     Index,
     Mixture,
@@ -21,6 +20,7 @@ from neuralsvd.sampling import (
     TruncatedGaussian,
     UniformBox,
 )
+from neuralsvd.operators import HarmonicOscillator, Hydrogen2D, Schrodinger
 
 F64 = torch.float64
 
@@ -175,7 +175,7 @@ def test_oscillator_qmc_rule_above_3d(dim, omega, tol):
 
 def test_gaussian_qmc_integrates_gaussian_moments():
     """∫ x_0² x_1² e^{-|x|²} dx over R^5 = π^{5/2} / 4, at five scramblings: mean and spread."""
-    from neuralsvd.quadrature import gaussian_qmc
+    from neuralsvd.numerics.quadrature import gaussian_qmc
 
     values = []
     for seed in range(5):

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..autodiff import laplacian
-from ..distributed import SINGLE, DataParallel
+from ..numerics.autodiff import laplacian
+from ..training.distributed import SINGLE, DataParallel
 
 __all__ = [
     "LinearReadout",
@@ -57,7 +57,7 @@ class SpectralLoss(nn.Module):
     num_modes: int
     #: whether at the optimum mode ``l``'s squared norm ``‖f_l‖²`` (SVD: ``‖f_l‖ ‖g_l‖``) equals its
     #: eigenvalue (NestedLoRA); :func:`~neuralsvd.fit` then flags modes far from it as unconverged and
-    #: caps the modes' initial norms (:mod:`~neuralsvd.calibration`)
+    #: caps the modes' initial norms (:mod:`~neuralsvd.training.calibration`)
     norms_are_eigenvalues: bool = False
     #: whether every batch is the whole finite population (set by :meth:`use_population_batches`)
     population_batches: bool = False
@@ -78,7 +78,7 @@ class SpectralLoss(nn.Module):
 
     def use_data_parallel(self, world: DataParallel) -> None:
         """Called by :func:`~neuralsvd.fit` before training: the data-parallel world (see
-        :mod:`neuralsvd.distributed`). The loss then passes every batch statistic its update depends on
+        :mod:`neuralsvd.training.distributed`). The loss then passes every batch statistic its update depends on
         through :meth:`batch_mean`, which makes the statistics, and so the update, those of the global
         batch. Submodules that declare a ``data_parallel`` attribute (running statistics) get it too."""
         for module in self.modules():
@@ -118,7 +118,7 @@ class SpectralLoss(nn.Module):
 
     def reset_mode(self, mode: int) -> None:
         """Called by :func:`~neuralsvd.fit` when mode ``mode`` was re-initialized (see
-        :mod:`neuralsvd.revival`): forget running statistics of that mode. Default: nothing."""
+        :mod:`neuralsvd.training.revival`): forget running statistics of that mode. Default: nothing."""
 
     def readout(self, model: nn.Module) -> nn.Module:
         """The module whose outputs are the learned eigenfunctions, given the trained model (called by

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..distributed import SINGLE, DataParallel
+from ..training.distributed import SINGLE, DataParallel
 from .base import LossOutput, SpectralLoss, SplitHalves
 
 __all__ = ["ControlVariateStats", "NestedLoRA", "control_variate_moments", "cv_products", "sanger_coefficients"]

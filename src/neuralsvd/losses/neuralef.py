@@ -31,8 +31,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..autodiff import STOCHASTIC_METHODS
-from ..decomposition import decomposition_of
+from ..numerics.autodiff import STOCHASTIC_METHODS
+from ..training.decomposition import decomposition_of
 from .base import (
     LinearReadout,
     LossOutput,

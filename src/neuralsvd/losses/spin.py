@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..decomposition import decomposition_of
+from ..training.decomposition import decomposition_of
 from .base import LinearReadout, LossOutput, SpectralLoss, evd_only_error, prescribed_gradient
 
 __all__ = ["SpIN", "mode_axes"]

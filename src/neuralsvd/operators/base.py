@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..quadrature import Quadrature
+from ..numerics.quadrature import Quadrature
 
 __all__ = ["CrossOperator", "Operator"]
 

@@ -19,9 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from .. import quadrature as quad
 from .._validation import check_positive_int
-from ..sampling import UniformBox
+from ..numerics import quadrature as quad
+from ..numerics.sampling import UniformBox
 from .schrodinger import Schrodinger
 
 __all__ = ["BoxLaplacian", "box_multi_indices"]

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..quadrature import Quadrature
-from ..sampling import Index
+from ..numerics.quadrature import Quadrature
+from ..numerics.sampling import Index
 from .base import CrossOperator, Function, check_model_output
 
 __all__ = ["DenseOperator"]

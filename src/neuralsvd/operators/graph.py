@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..quadrature import Quadrature
-from ..sampling import Index
+from ..numerics.quadrature import Quadrature
+from ..numerics.sampling import Index
 from .base import Function, Operator, check_model_output
 
 __all__ = ["CycleGraph", "GraphOperator", "GridGraph", "NodeFeatures"]

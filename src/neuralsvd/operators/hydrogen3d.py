@@ -21,8 +21,8 @@ import math
 import torch
 from torch import Tensor
 
-from .. import quadrature as quad
-from ..sampling import RadialExponential, Sampler
+from ..numerics import quadrature as quad
+from ..numerics.sampling import RadialExponential, Sampler
 from .schrodinger import Schrodinger
 
 __all__ = ["Hydrogen3D", "hydrogen_states"]
@@ -69,7 +69,7 @@ class Hydrogen3D(Schrodinger):
 
     Defaults: ``T = 100 (0 - H)``, samples from the radial exponential ``∝ e^{-r / 2}``, the model is
     ``ψ / sqrt(p)`` (``model_output="ratio"``); the presets use ``model_output="psi"`` with a mixture
-    sampler (see :mod:`neuralsvd.experiments.higher_dim_presets`).
+    sampler (see :mod:`neuralsvd.problems.higher_dim_presets`).
     """
 
     def __init__(self, charge: float = 1.0, kinetic: float = 0.5, scale: float = 100.0, shift: float = 0.0,

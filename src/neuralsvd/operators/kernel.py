@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import quadrature as quad
-from ..result import FitResult
-from ..sampling import Gaussian, Sampler
+from ..numerics import quadrature as quad
+from ..numerics.sampling import Gaussian, Sampler
+from ..training.result import FitResult
 from .base import Function, Operator, check_model_output
 from .kernels import RBF, Kernel
 from .multi_index import top_multi_indices

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import quadrature as quad
+from ..numerics import quadrature as quad
 from .base import CrossOperator, Function, check_model_output
 from .kernel import (
     POPULATION_LIMIT,

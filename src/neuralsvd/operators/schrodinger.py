@@ -23,10 +23,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .. import quadrature as quad
 from .._validation import check_positive_int
-from ..autodiff import LAPLACIAN_METHODS, STOCHASTIC_METHODS, directional_derivative, value_and_derivatives
-from ..sampling import Gaussian, Sampler
+from ..numerics import quadrature as quad
+from ..numerics.autodiff import (
+    LAPLACIAN_METHODS,
+    STOCHASTIC_METHODS,
+    directional_derivative,
+    value_and_derivatives,
+)
+from ..numerics.sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .multi_index import top_multi_indices
 

@@ -1,0 +1,122 @@
+"""A trained run as an artifact: :func:`save` a :class:`~neuralsvd.FitResult` into its run folder,
+:func:`~neuralsvd.load` it back (:mod:`neuralsvd.problems.experiment`, which rebuilds the model), :func:`export` its eigenfunctions as a self-contained ``torch.export`` program,
+and :func:`write_history` the training history as CSV.
+
+A run folder (written by ``neuralsvd run``) holds ``config.json`` (how to rebuild the operator and the
+model), ``result.pt`` (the final weights and read-out: mode order, norms, Ritz mixing, eigenvalues,
+history; format :data:`FORMAT`), ``metrics.json``, ``history.csv`` and ``checkpoint.pt`` (the training
+state, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..training.checkpoint import atomic_write
+from ..training.result import FitResult
+
+__all__ = ["EXPORT_NAME", "FORMAT", "RESULT_NAME", "RESULT_TENSORS", "ArtifactError", "export", "save",
+           "write_history"]
+
+#: version of the ``result.pt`` layout; :func:`load` reads exactly this one
+FORMAT = 1
+RESULT_NAME = "result.pt"
+EXPORT_NAME = "eigenfunctions.pt2"
+RESULT_TENSORS = ("eigenvalues", "learned_eigenvalues", "order", "norms", "right_norms", "mixing")
+
+
+class ArtifactError(ValueError):
+    """A run folder that cannot be loaded: missing or corrupted files, or another version's format."""
+
+
+def save(result: FitResult, run_dir: str | Path) -> Path:
+    """Write ``result`` (final weights, read-out and history) to ``run_dir/result.pt``; returns the path.
+    :func:`~neuralsvd.load` also needs the run's ``config.json`` (``neuralsvd run`` writes both)."""
+    from .. import __version__
+
+    dec = result.decomposition
+    state = {
+        "format": FORMAT,
+        "neuralsvd": __version__,
+        "decomposition": dec.name,
+        "models": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in dec.modules(result.model)],
+        **{k: None if getattr(result, k) is None else getattr(result, k).detach().cpu() for k in RESULT_TENSORS},
+        "history": {k: v.detach().cpu() for k, v in result.history.items()},
+        "steps": result.steps,
+        "wall_seconds": result.wall_seconds,
+        "steps_per_second": result.steps_per_second,
+        "extras": json.loads(json.dumps(result.extras)),  # plain data only
+    }
+    return atomic_write(Path(run_dir) / RESULT_NAME, lambda fh: torch.save(state, fh))
+
+
+class Eigenfunctions(nn.Module):
+    """``x -> result.eigenfunctions(x)`` as a plain module (what :func:`export` compiles): the model's
+    outputs in mode order, Ritz-mixed and normalized, mapped to the operator's function space."""
+
+    def __init__(self, result: FitResult, right: bool = False):
+        super().__init__()
+        dec = result.decomposition
+        if right and not dec.is_svd:
+            raise ValueError("right singular functions exist for SVD results only")
+        self.module = dec.modules(result.model)[1 if right else 0]
+        self.operator = None if right else result.operator
+        p = next(self.module.parameters(), None)
+        like = {"dtype": p.dtype, "device": p.device} if p is not None else {}
+        norms = result.right_norms if right else result.norms
+        mixing = result.mixing if result.mixing is not None else torch.eye(norms.shape[0], dtype=torch.float64)
+        self.register_buffer("order", result.order.clone())
+        self.register_buffer("matrix", (mixing / norms.unsqueeze(0)).to(**like))  # (L, L): mix, then normalize
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x.to(self.matrix.dtype) if x.is_floating_point() else x)[:, self.order] @ self.matrix
+        if self.operator is None:
+            return out
+        return self.operator.eigenfunctions_from_model(out.to(x.dtype) if x.is_floating_point() else out, x)
+
+
+def export(result: FitResult, path: str | Path, example: Tensor, right: bool = False) -> Path:
+    """Compile ``result.eigenfunctions`` (``right``: the right singular functions) with ``torch.export``
+    (a dynamic batch size) to ``path``; load it with ``torch.export.load(path).module()``, whose forward
+    maps points ``(n, d)`` (indices ``(n,)`` for finite operators) to the normalized eigenfunctions
+    ``(n, L)``, in the same space as :meth:`~neuralsvd.FitResult.eigenfunctions`. Needs only torch."""
+    module = Eigenfunctions(result, right).eval()
+    batch = torch.export.Dim("n", min=2)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    except Exception as err:  # noqa: BLE001 - export failures come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"torch.export could not compile this model: {first}") from None
+    path = Path(path)
+    torch.export.save(program, path)
+    return path
+
+
+def write_history(history: dict[str, Tensor], path: str | Path, label: str = "eigenvalue") -> Path:
+    """``history`` (``step``, ``loss``, ``eigenvalues (S, L)``) as CSV: columns ``step, loss,
+    {label}_0 .. {label}_{L-1}``, one row per training step (empty cells for steps a rollback undid)."""
+    steps, loss, values = history["step"].tolist(), history["loss"].tolist(), history["eigenvalues"].tolist()
+    num = len(values[0]) if values else 0
+
+    def cell(v: float) -> Any:
+        return "" if math.isnan(v) else repr(v)
+
+    def write(fh: Any) -> None:
+        text = io.TextIOWrapper(fh, newline="", encoding="utf-8")
+        writer = csv.writer(text)
+        writer.writerow(["step", "loss", *(f"{label}_{i}" for i in range(num))])
+        for s, lo, row in zip(steps, loss, values):
+            writer.writerow([s, cell(lo), *(cell(v) for v in row)])
+        text.flush()
+        text.detach()
+
+    return atomic_write(Path(path), write, durable=False)

@@ -1,0 +1,1 @@
+"""Numerics: derivatives (jets, Hutchinson), quadrature, sampling, reference solvers, potential expressions, subspace metrics."""
