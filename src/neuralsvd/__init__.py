@@ -1,5 +1,6 @@
 """neuralsvd: learn the top-L singular/eigen-functions of operators with neural networks (NeuralSVD)."""
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from . import models, operators
@@ -8,6 +9,11 @@ from .numerics import autodiff, metrics, quadrature, sampling
 from .operators import CrossOperator, Operator
 from .training.evaluation import evaluate
 from .training.fit import DivergenceError, FitResult, fit
+
+# the numerics submodules are public under their short names too: `import neuralsvd.sampling` works
+for _module in (autodiff, metrics, quadrature, sampling):
+    sys.modules[f"{__name__}.{_module.__name__.rpartition('.')[2]}"] = _module
+del _module
 
 try:
     __version__ = version("neuralsvd")
@@ -38,5 +44,5 @@ def __getattr__(name: str):
     if name == "estimators":
         return importlib.import_module(".estimators", __name__)
     if name == "load":
-        return importlib.import_module(".experiments.experiment", __name__).load
+        return importlib.import_module(".cli.artifacts", __name__).load
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,10 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..problems.config import DTYPES, ExperimentConfig
+from ..problems.experiment import build
 from ..training.checkpoint import atomic_write
+from ..training.decomposition import decomposition_of
 from ..training.result import FitResult
 
-__all__ = ["EXPORT_NAME", "FORMAT", "RESULT_NAME", "RESULT_TENSORS", "ArtifactError", "export", "save",
+__all__ = ["EXPORT_NAME", "FORMAT", "RESULT_NAME", "RESULT_TENSORS", "ArtifactError", "export", "load", "save",
            "write_history"]
 
 #: version of the ``result.pt`` layout; :func:`load` reads exactly this one
@@ -39,7 +42,7 @@ class ArtifactError(ValueError):
 
 def save(result: FitResult, run_dir: str | Path) -> Path:
     """Write ``result`` (final weights, read-out and history) to ``run_dir/result.pt``; returns the path.
-    :func:`~neuralsvd.load` also needs the run's ``config.json`` (``neuralsvd run`` writes both)."""
+    :func:`load` also needs the run's ``config.json`` (``neuralsvd run`` writes both)."""
     from .. import __version__
 
     dec = result.decomposition
@@ -56,6 +59,60 @@ def save(result: FitResult, run_dir: str | Path) -> Path:
         "extras": json.loads(json.dumps(result.extras)),  # plain data only
     }
     return atomic_write(Path(run_dir) / RESULT_NAME, lambda fh: torch.save(state, fh))
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> FitResult:
+    """The :class:`~neuralsvd.FitResult` of a finished run folder, rebuilt from its ``config.json`` and
+    ``result.pt``: ``eigenvalues`` as in ``metrics.json``, ``eigenfunctions(x)`` on new points (the same
+    outputs as the trained result), ``operator``, and ``config`` (an
+    :class:`~neuralsvd.problems.ExperimentConfig`).
+
+    Raises :class:`ArtifactError` (one line) for a folder that is not a finished run of
+    this version.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir} is not a directory")
+    config_path, result_path = run_dir / "config.json", run_dir / RESULT_NAME
+    for path in (config_path, result_path):
+        if not path.is_file():
+            hint = (" (written by an older neuralsvd? rerun, or `neuralsvd run PROBLEM --out DIR --resume` to "
+                    "write it)" if path is result_path and (run_dir / "checkpoint.pt").exists() else "")
+            raise ArtifactError(f"{run_dir} is not a finished neuralsvd run: no {path.name}{hint}")
+    try:
+        config = ExperimentConfig.from_dict(json.loads(config_path.read_text()))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ArtifactError(f"{config_path} is not a configuration of this neuralsvd version: {err}") from None
+    try:
+        state = torch.load(result_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many types; all mean "unreadable"
+        raise ArtifactError(f"cannot read {result_path} (corrupted or truncated?): {type(err).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        by = state.get("neuralsvd", "an unknown version") if isinstance(state, dict) else "an unknown version"
+        raise ArtifactError(f"{result_path} has format {found!r} (written by neuralsvd {by}); this version reads "
+                            f"format {FORMAT}")
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            exp = build(config, check_resources=False)
+        dec = decomposition_of(exp.model)
+        dtype = DTYPES[config.train.dtype]
+        modules = tuple(m.to(dtype=dtype) for m in dec.modules(exp.model))
+        final = dec.final_model(exp.loss, dec.assemble(modules))
+        if len(state["models"]) != len(dec.modules(final)):
+            raise ValueError(f"{len(state['models'])} saved models for a {dec.name} problem")
+        for module, weights in zip(dec.modules(final), state["models"]):
+            module.load_state_dict(weights, assign=True)  # the saved dtypes (e.g. read-out buffers)
+            module.to(device).eval()
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{run_dir}: the saved weights do not fit the configured model: {first}") from None
+    exp.operator.to(device)
+    return FitResult(
+        model=final, operator=exp.operator, history=state["history"], steps=state["steps"],
+        wall_seconds=state["wall_seconds"], steps_per_second=state["steps_per_second"], extras=state["extras"],
+        config=config, **{k: state[k] for k in RESULT_TENSORS},
+    )
 
 
 class Eigenfunctions(nn.Module):

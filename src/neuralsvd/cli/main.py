@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..problems import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem, load
+from ..problems import METHODS, PROBLEMS, ConfigError, ExperimentConfig, get_problem
 from ..training.checkpoint import CheckpointError, FolderLockedError
 from ..training.distributed import PeerLostError, launched_by_torchrun
 from ..training.fit import DivergenceError
 from ..training.interrupts import TrainingInterrupted, exit_code
 from ..training.resources import ResourceError
-from .artifacts import EXPORT_NAME, ArtifactError, export
+from .artifacts import EXPORT_NAME, ArtifactError, export, load
 from .compare import compare, comparison_table
 from .run import run
 

@@ -1,4 +1,6 @@
-"""Named experiments (presets), their configuration and the end-to-end runner behind the CLI.
+"""Named problems (what ``neuralsvd run PROBLEM`` builds): presets, their registry and configuration, and
+the experiment a configuration builds (:mod:`.experiment`). The runner that writes a run folder is
+:mod:`neuralsvd.cli.run`.
 
 :mod:`.registry` holds the problems and methods; :mod:`.presets` (Schrödinger problems),
 :mod:`.schrodinger_presets` (a user's potential), :mod:`.higher_dim_presets` (the hypercube Laplacian,
@@ -19,9 +21,8 @@ from . import higher_dim_presets  # noqa: F401
 from . import data_presets  # noqa: F401
 
 # isort: split
-from ..cli.run import run
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, fit_options
-from .experiment import Experiment, build, load
+from .experiment import Experiment, build
 from .registry import METHODS, PROBLEMS, build_model, get_problem, make_loss, make_model, make_operator
 
 __all__ = [
@@ -36,9 +37,7 @@ __all__ = [
            "build_model",
            "fit_options",
            "get_problem",
-           "load",
            "make_loss",
            "make_model",
            "make_operator",
-           "run",
 ]

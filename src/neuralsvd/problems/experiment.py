@@ -1,6 +1,6 @@
 """An experiment built once: :func:`build` turns an :class:`~neuralsvd.problems.ExperimentConfig` into the
 operator, model, loss and :func:`~neuralsvd.fit` options that ``neuralsvd run``, ``neuralsvd compare``, the
-memory check and :func:`load` all use.
+memory check and :func:`neuralsvd.load` all use.
 
 Building order (what makes a seeded run reproducible): the problem's ``prepare`` and the operator; the
 memory check (see :func:`build`); the loss; ``torch.manual_seed(config.seed)`` and the model.
@@ -8,24 +8,20 @@ memory check (see :func:`build`); the loss; ``torch.manual_seed(config.seed)`` a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..cli.artifacts import FORMAT, RESULT_NAME, RESULT_TENSORS, ArtifactError
 from ..losses import SpectralLoss
 from ..operators.base import Operator
-from ..training.decomposition import decomposition_of
 from ..training.fit import estimate_fit_memory, fit
 from ..training.resources import allocation_failures_as, check_device, check_memory
 from ..training.result import FitResult
-from .config import DTYPES, ExperimentConfig, fit_options
+from .config import ExperimentConfig, fit_options
 from .registry import build_model, make_operator, method_loss
 
-__all__ = ["Experiment", "build", "load"]
+__all__ = ["Experiment", "build"]
 
 
 @dataclass
@@ -77,57 +73,3 @@ def _check_memory(config: ExperimentConfig, operator: Operator, options: dict[st
                                      steps=options["steps"], optimizer=options["optimizer"],
                                      ema_decay=options["ema_decay"], dtype=options["dtype"],
                                      eval_batch_size=options["eval_batch_size"]), device)
-
-
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> FitResult:
-    """The :class:`~neuralsvd.FitResult` of a finished run folder, rebuilt from its ``config.json`` and
-    ``result.pt``: ``eigenvalues`` as in ``metrics.json``, ``eigenfunctions(x)`` on new points (the same
-    outputs as the trained result), ``operator``, and ``config`` (an
-    :class:`~neuralsvd.problems.ExperimentConfig`).
-
-    Raises :class:`~neuralsvd.cli.artifacts.ArtifactError` (one line) for a folder that is not a finished run of
-    this version.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ArtifactError(f"{run_dir} is not a directory")
-    config_path, result_path = run_dir / "config.json", run_dir / RESULT_NAME
-    for path in (config_path, result_path):
-        if not path.is_file():
-            hint = (" (written by an older neuralsvd? rerun, or `neuralsvd run PROBLEM --out DIR --resume` to "
-                    "write it)" if path is result_path and (run_dir / "checkpoint.pt").exists() else "")
-            raise ArtifactError(f"{run_dir} is not a finished neuralsvd run: no {path.name}{hint}")
-    try:
-        config = ExperimentConfig.from_dict(json.loads(config_path.read_text()))
-    except (ValueError, TypeError, AttributeError) as err:
-        raise ArtifactError(f"{config_path} is not a configuration of this neuralsvd version: {err}") from None
-    try:
-        state = torch.load(result_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling raises many types; all mean "unreadable"
-        raise ArtifactError(f"cannot read {result_path} (corrupted or truncated?): {type(err).__name__}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = state.get("format") if isinstance(state, dict) else None
-        by = state.get("neuralsvd", "an unknown version") if isinstance(state, dict) else "an unknown version"
-        raise ArtifactError(f"{result_path} has format {found!r} (written by neuralsvd {by}); this version reads "
-                            f"format {FORMAT}")
-    try:
-        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
-            exp = build(config, check_resources=False)
-        dec = decomposition_of(exp.model)
-        dtype = DTYPES[config.train.dtype]
-        modules = tuple(m.to(dtype=dtype) for m in dec.modules(exp.model))
-        final = dec.final_model(exp.loss, dec.assemble(modules))
-        if len(state["models"]) != len(dec.modules(final)):
-            raise ValueError(f"{len(state['models'])} saved models for a {dec.name} problem")
-        for module, weights in zip(dec.modules(final), state["models"]):
-            module.load_state_dict(weights, assign=True)  # the saved dtypes (e.g. read-out buffers)
-            module.to(device).eval()
-    except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ArtifactError(f"{run_dir}: the saved weights do not fit the configured model: {first}") from None
-    exp.operator.to(device)
-    return FitResult(
-        model=final, operator=exp.operator, history=state["history"], steps=state["steps"],
-        wall_seconds=state["wall_seconds"], steps_per_second=state["steps_per_second"], extras=state["extras"],
-        config=config, **{k: state[k] for k in RESULT_TENSORS},
-    )
