@@ -125,3 +125,19 @@ def test_contract_names_are_importable(name):
     for part in name.split(".")[1:]:
         obj = getattr(obj, part)
     assert obj is getattr(importlib.import_module(module), attr)
+
+
+#: package -> the packages it must not import (DESIGN §1: cli -> problems -> the core)
+FORBIDDEN = {
+    **{core: ("neuralsvd.problems", "neuralsvd.cli") for core in
+       ("neuralsvd.training", "neuralsvd.numerics", "neuralsvd.losses", "neuralsvd.operators", "neuralsvd.models",
+        "neuralsvd.plotting", "neuralsvd.estimators")},
+    "neuralsvd.problems": ("neuralsvd.cli",),
+}
+
+
+def test_dependencies_point_down():
+    wrong = sorted(f"{m} -> {t}" for m, targets in _graph().items() for t in targets
+                   for pkg, banned in FORBIDDEN.items() if m == pkg or m.startswith(pkg + ".")
+                   for b in banned if t == b or t.startswith(b + "."))
+    assert not wrong, wrong
