@@ -95,8 +95,8 @@ def _hydrogen() -> ExperimentConfig:
     exponentials ``∝ e^{-r/a}``, ``a = 0.5, 2, 8`` (heavy tails for the outer shells, a third of the batch
     near the nucleus); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
     ``fit``'s default initial-size cap (:mod:`neuralsvd.training.calibration`) is what makes it converge at this
-    budget (100× worse without it, docs/convergence-study.md §8–9). Measured numbers: the README's
-    results table.
+    budget (100× worse without it, docs/convergence-study.md §8–9). Measured numbers:
+    docs/results.md.
     """
     return ExperimentConfig(
         problem="hydrogen", modes=9,
