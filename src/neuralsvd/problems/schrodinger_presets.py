@@ -198,7 +198,7 @@ def _plot(result: Any, config: ExperimentConfig, path: Any) -> None:
     else the generic figure."""
     from matplotlib.text import Text
 
-    from .. import plotting
+    from ..plotting import spectra as plotting
 
     ref = _reference(config)
     if ref is None or ref.dim > 2:  # the generic figure (and its treatment of d > 2)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 import neuralsvd as nsvd
-from neuralsvd import plotting
+from neuralsvd.plotting import spectra as plotting
 from neuralsvd.numerics.quadrature import Quadrature, box
 from neuralsvd.operators import HarmonicOscillator, Hydrogen2D, Operator, Schrodinger
 
