@@ -250,7 +250,7 @@ def test_output_folder_that_is_not_writable(tmp_path, capsys):
 
 
 # -- one run per output folder ---------------------------------------------------------------------------------------
-_HOLDER = ("import sys, time\nfrom neuralsvd.checkpoint import lock_folder\n"
+_HOLDER = ("import sys, time\nfrom neuralsvd.training.checkpoint import lock_folder\n"
            "with lock_folder(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)\n")
 
 
