@@ -195,7 +195,7 @@ def test_compare_jobs_gives_the_records_of_a_sequential_run(tmp_path):
 
 
 def test_nproc_runs_the_same_command_under_torchrun():
-    from neuralsvd.cli import torchrun_command
+    from neuralsvd.cli.main import torchrun_command
 
     cmd = torchrun_command(["run", "hydrogen", "--nproc", "2", "--steps", "5", "--nproc=2"], 2)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "neuralsvd",
