@@ -61,6 +61,7 @@ class TrainConfig:
     lr_backoff: float = 0.5
     revive: bool = True
     init_ratio: Any = 1.0
+    warm_start: Any = 1000
 
 
 @dataclass

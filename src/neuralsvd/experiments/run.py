@@ -24,6 +24,7 @@ from ..checkpoint import atomic_write, lock_folder
 from ..distributed import DataParallel, data_parallel
 from ..evaluation import evaluate
 from ..fit import DivergenceError, estimate_fit_memory, fit
+from ..readout import NORM_RATIO_RANGE
 from ..resources import allocation_failures_as, check_device, check_memory
 from .config import DTYPES, ConfigError, ExperimentConfig, fit_options
 from .registry import build_model, get_problem, make_loss, make_operator
@@ -129,6 +130,11 @@ def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
                 prefix + "subspace_distance_all", "orthogonality_error"):
         if metrics.get(key) is not None:
             lines.append(f"{key:>32}: {metrics[key]:.3e}")
+    if metrics.get("status") == "unconverged":
+        ratios = metrics.get("norm_ratio") or []
+        modes = ", ".join(f"{m} ({ratios[m]:.3g})" for m in metrics["unconverged_modes"])
+        lines.append(f"{'status':>32}: UNCONVERGED: modes {modes} have squared norm / eigenvalue outside "
+                     f"[{NORM_RATIO_RANGE[0]}, {NORM_RATIO_RANGE[1]}]; their values are unreliable (train longer)")
     if metrics.get("steps_per_second") is not None:
         lines.append(f"{'steps_per_second':>32}: {metrics['steps_per_second']:.1f}  "
                      f"(wall {metrics['wall_seconds']:.0f} s)")
@@ -193,7 +199,8 @@ def _run_locked(config: ExperimentConfig, out_dir: Path, options: dict[str, Any]
     metrics = {
         **header, "wall_seconds": result.wall_seconds,
         "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
-        "status": "ok", "readout": t.readout, "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
+        "status": result.status, "unconverged_modes": result.unconverged_modes, "readout": t.readout,
+        "warm_start_steps": result.extras.get("warm_start_steps"), "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
         "norm_ratio": result.extras.get("norm_ratio"),
         **report,
     }
