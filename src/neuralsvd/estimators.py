@@ -36,9 +36,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor, nn
 
 from ._validation import check_positive_int
-from .artifacts import Eigenfunctions
 from .fit import FitResult, fit
-from .koopman import KoopmanModel, koopman_matrix, sorted_eigenvalues
+from .koopman import KoopmanModel, koopman_model
 from .losses import NestedLoRA
 from .models import ParallelMLP
 from .operators.base import Operator
@@ -340,17 +339,6 @@ class NeuralCCA(_NeuralSpectral):
         return self._evaluate(self.result_.right_functions, Y)[:, 1:]
 
 
-class _WithoutConstant(nn.Module):
-    """The normalized learned functions of a pinned-constant result without the constant: ``(n, L)``."""
-
-    def __init__(self, result: FitResult, right: bool):
-        super().__init__()
-        self.functions = Eigenfunctions(result, right)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.functions(x)[:, 1:]
-
-
 class NeuralKoopman(BaseEstimator):
     """Koopman (transfer-operator) singular functions learned from trajectories with NestedLoRA.
 
@@ -438,32 +426,11 @@ class NeuralKoopman(BaseEstimator):
         for module in self.result_.decomposition.modules(self.result_.model):
             module.double().cpu()  # trained in float32, evaluated in float64: transform is batch-independent
         self.n_features_in_ = data.dim
-        self.model_ = self._koopman_model(data)
+        self.model_ = koopman_model(self.result_, data, self.lagtime, self.max_pairs, int(self.seed))
         self.singular_values_ = self.model_.singular_values_
         self.eigenvalues_ = self.model_.eigenvalues_
         self.validation_score_ = None if held_out is None else self.model_.score(held_out, max_pairs=self.max_pairs)
         return self
-
-    def _koopman_model(self, data: Trajectories) -> KoopmanModel:
-        """Standardize the learned functions on the training pairs and solve the small eigenproblem there."""
-        result = self.result_
-        left = _WithoutConstant(result, right=False)
-        right = _WithoutConstant(result, right=True) if result.is_svd and not self.reversible else left
-        unit = (np.zeros(self.n_components), np.ones(self.n_components))
-        raw = KoopmanModel(left, right, result.singular_values[1:].double().numpy(), self.lagtime, self.reversible,
-                           unit, unit, np.array([]))
-        x, y = raw._frames(data, self.max_pairs, int(self.seed))
-        fx, gy = raw.transform(x), raw.transform(y, lagged=True)
-        if self.reversible:
-            both = np.concatenate([fx, gy], 0)
-            left_stats = right_stats = (both.mean(0), both.std(0))
-        else:
-            left_stats, right_stats = (fx.mean(0), fx.std(0)), (gy.mean(0), gy.std(0))
-        fy = raw.transform(y)  # left functions at the lagged frames (the dictionary of the eigenproblem)
-        mean, std = left_stats
-        eigenvalues = sorted_eigenvalues(koopman_matrix((fx - mean) / std, (fy - mean) / std))
-        return KoopmanModel(left, right, raw.singular_values_, self.lagtime, self.reversible, left_stats,
-                            right_stats, eigenvalues)
 
     def fetch_model(self) -> KoopmanModel:
         """The fitted :class:`~neuralsvd.koopman.KoopmanModel`."""

@@ -20,9 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["KoopmanModel", "koopman_matrix", "sorted_eigenvalues", "vamp_score"]
+from .artifacts import Eigenfunctions
+from .dynamics import implied_timescales
+from .operators.trajectory import Trajectories
+from .result import FitResult
+
+__all__ = ["KoopmanModel", "koopman_matrix", "koopman_model", "lagged_frames", "sorted_eigenvalues", "vamp_score"]
 
 
 def _inv_sqrt(c: np.ndarray, epsilon: float) -> np.ndarray:
@@ -64,11 +69,11 @@ def _numpy(x: Any) -> np.ndarray:
 class KoopmanModel:
     """Learned Koopman singular functions as a deeptime-style model; also a plain callable
     ``X (n, d) numpy -> (n, L) numpy`` (:meth:`transform`), e.g. for deeptime's
-    ``VAMP(lagtime, observable_transform=model)``.
+    ``VAMP(lagtime, observable_transform=model)``. Build one with :func:`koopman_model`.
 
     The functions exclude the constant, come slowest first, and are standardized (zero mean, unit variance)
     on the training data: left functions on instantaneous frames (:meth:`transform`), right functions on
-    time-lagged frames (``transform(X, lagged=True)``); a reversible model has one set.
+    time-lagged frames (``transform(X, lagged=True)``); a reversible model has one set for both.
 
     Attributes:
         singular_values, singular_values_: ``(L,)`` descending, the constant's 1 excluded.
@@ -78,15 +83,18 @@ class KoopmanModel:
         reversible: whether left and right functions are one set.
     """
 
-    def __init__(self, left: Any, right: Any, singular_values: np.ndarray, lagtime: int, reversible: bool,
+    def __init__(self, left: Any, right: Any, singular_values: np.ndarray, lagtime: int,
                  left_stats: tuple[np.ndarray, np.ndarray], right_stats: tuple[np.ndarray, np.ndarray],
-                 eigenvalues: np.ndarray, dtype: torch.dtype = torch.float64):
+                 eigenvalues: np.ndarray):
         self._left, self._right = left, right
         self.singular_values_ = np.asarray(singular_values, dtype=np.float64)
-        self.lagtime, self.reversible = int(lagtime), bool(reversible)
+        self.lagtime = int(lagtime)
         self._stats = {False: left_stats, True: right_stats}
         self.eigenvalues_ = eigenvalues
-        self._dtype = dtype
+
+    @property
+    def reversible(self) -> bool:
+        return self._right is self._left
 
     @property
     def singular_values(self) -> np.ndarray:
@@ -94,14 +102,10 @@ class KoopmanModel:
 
     @property
     def timescales_(self) -> np.ndarray:
-        from .dynamics import implied_timescales
-
         return implied_timescales(self.singular_values_, self.lagtime)
 
     def timescales(self, k: int | None = None, lagtime: int | None = None) -> np.ndarray:
         """deeptime's form: the first ``k`` implied timescales (in steps) at ``lagtime`` (default the model's)."""
-        from .dynamics import implied_timescales
-
         return implied_timescales(self.singular_values_, lagtime or self.lagtime)[:k]
 
     @property
@@ -111,37 +115,27 @@ class KoopmanModel:
     def _raw(self, x: Any, lagged: bool) -> np.ndarray:
         """The functions before standardization, ``(n, L)``."""
         module = self._right if lagged else self._left
-        t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+        t = torch.as_tensor(x).double()
         if t.ndim == 1:
             t = t.unsqueeze(1)
         with torch.no_grad():
-            out = torch.cat([module(t[i : i + 65536].to(self._dtype)) for i in range(0, t.shape[0], 65536)], 0)
+            out = torch.cat([module(t[i : i + 65536]) for i in range(0, t.shape[0], 65536)], 0)
         return _numpy(out)
 
     def transform(self, X: Any, lagged: bool = False) -> np.ndarray:
-        """The singular functions at ``X (n, d)``: ``(n, L)``, standardized (class docstring)."""
-        mean, std = self._stats[bool(lagged) and not self.reversible]
-        return (self._raw(X, bool(lagged) and not self.reversible) - mean) / std
+        """The singular functions at ``X (n, d)``: ``(n, L)``, standardized (class docstring); ``lagged``: the
+        right functions."""
+        mean, std = self._stats[bool(lagged)]
+        return (self._raw(X, bool(lagged)) - mean) / std
 
     def __call__(self, X: Any) -> np.ndarray:
         return self.transform(X)
-
-    def _frames(self, trajectories: Any, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(x_t, x_{t+τ})`` of every lagged pair of ``trajectories`` (a random ``max_pairs`` if more)."""
-        from .operators.trajectory import Trajectories
-
-        data = Trajectories(trajectories)
-        data.check_lag(self.lagtime)
-        total = data.num_pairs(self.lagtime)
-        index = (np.arange(total) if total <= max_pairs
-                 else np.sort(np.random.default_rng(seed).choice(total, max_pairs, replace=False)))
-        return data.pairs(index, self.lagtime)
 
     def score(self, trajectories: Any, r: int = 2, max_pairs: int = 2_000_000, seed: int = 0) -> float:
         """VAMP-``r`` of the learned functions on ``trajectories`` (held-out data; :func:`vamp_score`: the
         constant's +1 included, at most ``L + 1``), from all its lagged pairs (a random ``max_pairs`` of them
         if there are more)."""
-        x, y = self._frames(trajectories, max_pairs, seed)
+        x, y = lagged_frames(trajectories, self.lagtime, max_pairs, seed)
         return vamp_score(self.transform(x), self.transform(y, lagged=True), r=r)
 
     def eigenvalues(self, trajectories: Any = None, max_pairs: int = 2_000_000, seed: int = 0) -> np.ndarray:
@@ -149,8 +143,55 @@ class KoopmanModel:
         decreasing modulus: from ``trajectories`` if given, else those of the training data (``eigenvalues_``)."""
         if trajectories is None:
             return self.eigenvalues_
-        x, y = self._frames(trajectories, max_pairs, seed)
+        x, y = lagged_frames(trajectories, self.lagtime, max_pairs, seed)
         return sorted_eigenvalues(koopman_matrix(self.transform(x), self.transform(y)))
+
+
+class _WithoutConstant(nn.Module):
+    """The normalized learned functions of a pinned-constant result without the constant: ``(n, L)``."""
+
+    def __init__(self, result: FitResult, right: bool):
+        super().__init__()
+        self.functions = Eigenfunctions(result, right)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.functions(x)[:, 1:]
+
+
+def lagged_frames(trajectories: Any, lag: int, max_pairs: int = 2_000_000, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_t, x_{t+lag})``, each ``(n, d)``, of every lagged pair of ``trajectories`` (any input of
+    :class:`~neuralsvd.operators.Trajectories`), or of a random ``max_pairs`` of them if there are more."""
+    data = Trajectories(trajectories)
+    data.check_lag(lag)
+    total = data.num_pairs(lag)
+    index = (np.arange(total) if total <= max_pairs
+             else np.sort(np.random.default_rng(seed).choice(total, max_pairs, replace=False)))
+    return data.pairs(index, lag)
+
+
+def koopman_model(result: FitResult, trajectories: Any, lag: int, max_pairs: int = 1_000_000,
+                  seed: int = 0) -> KoopmanModel:
+    """The :class:`KoopmanModel` of a fit whose mode 0 is the pinned constant (a reversible EVD result, or an
+    SVD result), standardized and with ``eigenvalues_`` from the lagged pairs of ``trajectories`` (the
+    training data; a random ``max_pairs`` of them if there are more)."""
+    left = _WithoutConstant(result, right=False)
+    right = _WithoutConstant(result, right=True) if result.is_svd else left
+    singular_values = result.singular_values[1:].double().cpu().numpy()
+    num = singular_values.shape[0]
+    unit = (np.zeros(num), np.ones(num))
+    raw = KoopmanModel(left, right, singular_values, lag, unit, unit, np.array([]))
+    x, y = lagged_frames(trajectories, lag, max_pairs, seed)
+    fx, gy = raw.transform(x), raw.transform(y, lagged=True)
+    if raw.reversible:
+        both = np.concatenate([fx, gy], 0)
+        left_stats = right_stats = (both.mean(0), both.std(0))
+    else:
+        left_stats, right_stats = (fx.mean(0), fx.std(0)), (gy.mean(0), gy.std(0))
+    mean, std = left_stats
+    fy = gy if raw.reversible else raw.transform(y)  # left functions at the lagged frames
+    eigenvalues = sorted_eigenvalues(koopman_matrix((fx - mean) / std, (fy - mean) / std))
+    return KoopmanModel(left, right, singular_values, lag, left_stats, right_stats, eigenvalues)
 
 
 def sorted_eigenvalues(matrix: np.ndarray) -> np.ndarray:

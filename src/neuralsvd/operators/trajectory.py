@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from .base import check_model_output
 from .paired import ConstantFirst, PairedOperator
 
-__all__ = ["TrajectoryData", "Trajectories", "TrajectoryOperator", "interleave_pairs", "partner_rows"]
+__all__ = ["Trajectories", "TrajectoryData", "TrajectoryOperator", "interleave_pairs", "partner_rows"]
 
 #: what :class:`Trajectories` accepts: an array (T, d) or (N, T, d), a .npy path, or a list of these
 TrajectoryData = Union[np.ndarray, Tensor, str, os.PathLike, Sequence[Any], "Trajectories"]
