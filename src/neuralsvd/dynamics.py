@@ -33,7 +33,7 @@ from torch import Tensor
 from .operators.kernel import gaussian_quadrature, normalized_hermite_e
 from .operators.multi_index import top_multi_indices
 from .quadrature import Quadrature
-from .reference_grid import GridReference, auto_box, solve_reference
+from .reference_grid import GridReference, solve_reference
 
 __all__ = ["LangevinDoubleWell", "OrnsteinUhlenbeck", "SpectralReference", "implied_timescales"]
 
@@ -66,6 +66,13 @@ class SpectralReference:
         return self.functions(x, num_modes)
 
     def quadrature(self) -> Quadrature:
+        return self.rule()
+
+    def exact_right_functions(self, y: Tensor, num_modes: int) -> Tensor:
+        """Reversible: the right singular functions are the left ones."""
+        return self.functions(y, num_modes)
+
+    def right_quadrature(self) -> Quadrature:
         return self.rule()
 
 
@@ -171,10 +178,11 @@ class LangevinDoubleWell:
                 out[:, t] = x
         return out
 
-    def reference(self, lag: int, num_modes: int, points: int = 96) -> DoubleWellReference:
-        """The generator's lowest ``num_modes`` eigenpairs by finite differences (module docstring)."""
-        box, _ = auto_box(self.effective_potential, 2, num_modes, kinetic=1 / self.beta)
-        solution = solve_reference(self.effective_potential, 2, box.half_width, points, num_modes, 1 / self.beta)
+    def reference(self, lag: int, num_modes: int, points: int = 128, half_width: float = 4.0) -> DoubleWellReference:
+        """The generator's lowest ``num_modes`` eigenpairs by finite differences on ``[-half_width, half_width]²``
+        (``points/2``, ``points``, ``2 points`` nodes per axis, Richardson; module docstring). The box must hold
+        ``e^{-βV/2}`` (the Dirichlet faces would otherwise lift ``E_0`` above 0)."""
+        solution = solve_reference(self.effective_potential, 2, half_width, points, num_modes, 1 / self.beta)
         return DoubleWellReference(self, GridReference(solution), lag * self.dt)
 
 

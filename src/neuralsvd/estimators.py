@@ -39,7 +39,7 @@ from ._validation import check_positive_int
 from .fit import FitResult, fit
 from .koopman import KoopmanModel, koopman_model
 from .losses import NestedLoRA
-from .models import ParallelMLP
+from .models import ParallelMLP, Standardize
 from .operators.base import Operator
 from .operators.graph import GraphOperator
 from .operators.kernel import KernelOperator
@@ -50,26 +50,13 @@ from .operators.trajectory import Trajectories, TrajectoryData, TrajectoryOperat
 __all__ = ["KoopmanModel", "NeuralCCA", "NeuralEigenmap", "NeuralKoopman", "NeuralSpectralEmbedding"]
 
 
-class _Standardize(nn.Module):
-    """``(x - mean) / std`` per feature (``std = 0`` features: unscaled), fixed at construction."""
-
-    def __init__(self, data: Tensor):
-        super().__init__()
-        std = data.std(0) if data.shape[0] > 1 else torch.ones(data.shape[1], dtype=data.dtype)
-        self.register_buffer("mean", data.mean(0))
-        self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-
 class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Shared training settings and the fit plumbing of the estimators below."""
 
     def _network(self, data: Tensor, num_modes: int) -> nn.Module:
         """Standardization + ``num_modes`` disjoint MLPs on the features of ``data (N, d)``."""
         return nn.Sequential(
-            _Standardize(data),
+            Standardize(data),
             ParallelMLP(data.shape[1], num_modes, hidden=self.hidden, activation=self.activation),
         )
 
@@ -394,7 +381,7 @@ class NeuralKoopman(BaseEstimator):
 
     def _network(self, scale_data: Tensor) -> nn.Module:
         return nn.Sequential(
-            _Standardize(scale_data),
+            Standardize(scale_data),
             ParallelMLP(scale_data.shape[1], self.n_components, hidden=self.hidden, activation=self.activation),
         )
 
