@@ -104,7 +104,7 @@ def _ou_process() -> ExperimentConfig:
                   "reversible": True, "data_seed": 0, "held_out_trajectories": 100_000,
                   "evaluation_pairs": METRIC_PAIRS},
         model=ModelConfig(hidden=(64, 64), activation="sin"),
-        train=_train_config(6000),
+        train=_train_config(12_000),
     )
 
 
