@@ -115,7 +115,7 @@ class KoopmanModel:
     def _raw(self, x: Any, lagged: bool) -> np.ndarray:
         """The functions before standardization, ``(n, L)``."""
         module = self._right if lagged else self._left
-        t = torch.as_tensor(x).double()
+        t = x.detach().double() if isinstance(x, Tensor) else torch.from_numpy(np.array(x, dtype=np.float64))
         if t.ndim == 1:
             t = t.unsqueeze(1)
         with torch.no_grad():

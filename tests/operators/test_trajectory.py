@@ -319,6 +319,15 @@ def test_compare_nestings_on_a_trajectory_file(tmp_path):
     assert (tmp_path / "cmp" / "comparison.md").exists()
 
 
+def test_fetched_model_is_a_deeptime_observable_transform():
+    """deeptime's VAMP on the fetched model's features gives our singular values (the same spans)."""
+    deeptime = pytest.importorskip("deeptime")
+    data = OrnsteinUhlenbeck([1.0, 0.7], 1.0).simulate(20_000, 1, seed=13)[0]
+    est = nsvd.estimators.NeuralKoopman(2, 1, steps=200).fit(data)
+    vamp = deeptime.decomposition.VAMP(lagtime=1, observable_transform=est.fetch_model()).fit(data).fetch_model()
+    np.testing.assert_allclose(vamp.singular_values[:2], est.singular_values_, rtol=5e-3)
+
+
 @pytest.mark.slow
 def test_ou_process_preset_goal(tmp_path):
     """Issue 21 goal: the ou-process preset (2D, 5 modes beyond the constant, 12k steps): every timescale within
