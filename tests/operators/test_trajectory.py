@@ -114,6 +114,17 @@ def test_equal_length_trajectories_are_never_joined_and_memmaps_read_the_same_pa
     assert torch.equal(x[:, 0] // 1000, y[:, 0] // 1000) and torch.equal(y[:, 0] - x[:, 0], torch.full((6,), 4.0, dtype=F64))
 
 
+def test_held_out_split_cuts_every_trajectory_in_time():
+    data = Trajectories(_labelled([10, 20]) + [np.stack(_labelled([8, 8]))])
+    first, last = data.split(0.25, lag=1)
+    assert first.lengths == [7, 15, 6, 6] and last.lengths == [3, 5, 2, 2]  # ceil(0.25 T) held out
+    assert [a.shape[0] + b.shape[0] for a, b in zip(first.frames(), last.frames())] == data.lengths
+    for a, b in zip(first.frames(), last.frames()):
+        assert b[0, 1] == a[-1, 1] - 1  # the held-out part continues the same trajectory in time
+    with pytest.raises(ValueError, match="too short"):
+        data.split(0.25, lag=2)  # the 8-frame trajectories hold out 2 frames: no pair at lag 2
+
+
 def test_reversible_batches_interleave_pairs_so_halves_hold_whole_pairs():
     op = TrajectoryOperator(_labelled([20, 30]), 3)
     x = op.sample(8, torch.Generator().manual_seed(1), F64)  # 8 pairs -> 16 rows
@@ -317,6 +328,27 @@ def test_compare_nestings_on_a_trajectory_file(tmp_path):
     assert [r["status"] for r in records] == ["ok", "ok"]
     assert all(len(r["timescales"]) == 2 and r["vamp2"] is not None for r in records)
     assert (tmp_path / "cmp" / "comparison.md").exists()
+
+
+def test_non_reversible_estimator_on_a_non_normal_linear_system():
+    """x_{t+1} = A x_t + ε, A non-normal with complex eigenvalues 0.75 ± 0.384i: the general SVD's top two
+    singular values are the canonical correlations of (x_t, x_{t+1}) (0.882, 0.805; the next, 0.882², is
+    lower), and the eigenvalue step in the learned span recovers eig(A)."""
+    from scipy.linalg import solve_discrete_lyapunov, sqrtm
+
+    a = np.array([[0.8, -0.5], [0.3, 0.7]])
+    cov = solve_discrete_lyapunov(a, np.eye(2))  # stationary covariance
+    white = np.linalg.inv(sqrtm(cov).real)
+    rho = np.linalg.svd(white @ cov @ a.T @ white, compute_uv=False)
+    rng = np.random.default_rng(14)
+    x0 = rng.multivariate_normal(np.zeros(2), cov, size=100_000)
+    data = np.stack([x0, x0 @ a.T + rng.standard_normal(x0.shape)], 1)  # 10⁵ trajectories of 2 frames
+    est = nsvd.estimators.NeuralKoopman(2, 1, reversible=False, steps=1000, batch_size=512).fit(data)
+    np.testing.assert_allclose(est.singular_values_, rho, rtol=1e-2)
+    assert est.eigenvalues_[0] == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(np.sort_complex(est.eigenvalues_[1:]), np.sort_complex(np.linalg.eigvals(a)), atol=1e-2)
+    left, right = est.transform(data[:, 0]), est.transform(data[:, 1], lagged=True)
+    np.testing.assert_allclose((left * right).mean(0), rho, rtol=2e-2)  # standardized: correlations = σ
 
 
 def test_fetched_model_is_a_deeptime_observable_transform():
