@@ -153,6 +153,9 @@ class _WithoutConstant(nn.Module):
     def __init__(self, result: FitResult, right: bool):
         super().__init__()
         self.functions = Eigenfunctions(result, right)
+        # trajectory operators map model outputs to functions as they are: drop the operator (and with it a
+        # reference to the training data), so that the model pickles small
+        self.functions.operator = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.functions(x)[:, 1:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import signal
 
 import numpy as np
@@ -270,6 +271,9 @@ def test_neural_koopman_learns_ou_timescales():
     x = data[:2000, 0]
     values = model(x)  # a plain callable numpy -> numpy
     assert isinstance(values, np.ndarray) and values.shape == (2000, 2)
+    blob = pickle.dumps(model)
+    assert len(blob) < 200_000  # the weights, not the 3 MB of training data
+    np.testing.assert_array_equal(pickle.loads(blob)(x), values)
     np.testing.assert_allclose(est.transform(data[:, 0]).mean(0), 0, atol=0.02)
     np.testing.assert_allclose(est.transform(data[:, 0]).std(0), 1, atol=0.02)
     quad = ou.reference(1).quadrature()
