@@ -258,21 +258,22 @@ def test_non_reversible_svd_trains_a_pair_and_reversible_svd_is_allowed():
 
 # -- the estimator and the CLI --------------------------------------------------------------------------------
 def test_neural_koopman_learns_ou_timescales():
-    """Fast: 2 modes of a 2D OU (rates 1, 0.7; σ = e^{-0.7}, e^{-1}: the two linear modes) from 200 000 exact
-    transitions in 1500 steps: timescales within 3%, the learned functions within 2e-2 subspace distance of
-    the Hermite ones; the held-out VAMP-2 within sampling error of 1 + Σσ²."""
+    """Fast: 2 modes of a 2D OU (rates 1, 0.7; σ = e^{-0.7}, e^{-1}: the two linear modes) from 100 000 exact
+    transitions in 1000 steps (measured: timescales within 0.7%, subspace distance 4e-3): timescales within
+    2%, the learned functions within 1e-2 subspace distance of the Hermite ones; the held-out VAMP-2 within
+    sampling error of 1 + Σσ²."""
     ou = OrnsteinUhlenbeck([1.0, 0.7], dt=1.0)
-    data = ou.simulate(2, 200_000, seed=9)
-    est = nsvd.estimators.NeuralKoopman(n_components=2, lagtime=1, steps=1500, batch_size=512).fit(data)
+    data = ou.simulate(2, 100_000, seed=9)
+    est = nsvd.estimators.NeuralKoopman(n_components=2, lagtime=1, steps=1000, batch_size=512).fit(data)
     exact = implied_timescales(ou.reference(1).exact_eigenvalues(3)[1:], 1)
-    np.testing.assert_allclose(est.timescales_, exact, rtol=3e-2)
+    np.testing.assert_allclose(est.timescales_, exact, rtol=2e-2)
     assert est.singular_values_.shape == (2,) and est.timescales_[0] > est.timescales_[1]
     model = est.fetch_model()
     x = data[:2000, 0]
     values = model(x)  # a plain callable numpy -> numpy
     assert isinstance(values, np.ndarray) and values.shape == (2000, 2)
     blob = pickle.dumps(model)
-    assert len(blob) < 200_000  # the weights, not the 3 MB of training data
+    assert len(blob) < 200_000  # the weights, not the 1.6 MB of training data
     np.testing.assert_array_equal(pickle.loads(blob)(x), values)
     np.testing.assert_allclose(est.transform(data[:, 0]).mean(0), 0, atol=0.02)
     np.testing.assert_allclose(est.transform(data[:, 0]).std(0), 1, atol=0.02)
@@ -280,7 +281,7 @@ def test_neural_koopman_learns_ou_timescales():
     learned = torch.from_numpy(model(quad.points.numpy()))
     true = ou.eigenfunctions(quad.points, 3)[:, 1:]
     gram, cross = quad.inner(learned, learned), quad.inner(learned, true)
-    assert nsvd.metrics.subspace_distance(gram, cross) < 2e-2
+    assert nsvd.metrics.subspace_distance(gram, cross) < 1e-2
     held_out = ou.simulate(2, 50_000, seed=10)
     assert 1.0 < est.score(held_out) <= 3.0
     assert est.score(held_out) == pytest.approx(1 + (np.exp(-np.array([0.7, 1.0])) ** 2).sum(), abs=0.03)
