@@ -153,3 +153,13 @@ def test_output_conditioning_smoke(tmp_path, capsys):
     rec = json.loads(out.read_text())["records"][0]
     for w, rest, r in zip(rec["block_weights"], rec["outside"], rec["cancellation_ratio"]):
         assert sum(w) + rest == pytest.approx(1.0, abs=1e-12) and rest > -1e-9 and r >= 1
+
+
+@pytest.mark.slow
+def test_trajectory_memory_does_not_grow_with_the_file(tmp_path):
+    """Training on a memory-mapped trajectory: the process's own memory (RssAnon) is the same for a 0.8 MB and
+    a 32 MB file (a copy of the data would add 32 MB)."""
+    bench = _load("trajectory_memory")
+    small, large = (bench.measure(frames, 20, tmp_path) for frames in (100_000, 4_000_000))
+    assert large["file_bytes"] > 30 * 2**20
+    assert large["rss_anon_kib"] - small["rss_anon_kib"] < 8 * 1024

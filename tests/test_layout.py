@@ -113,6 +113,7 @@ CONTRACT = [
     "neuralsvd.CrossOperator", "neuralsvd.sampling.Gaussian", "neuralsvd.operators.Schrodinger",
     "neuralsvd.operators.Hydrogen2D", "neuralsvd.operators.HarmonicOscillator", "neuralsvd.operators.DenseOperator",
     "neuralsvd.models.ParallelMLP", "neuralsvd.models.MLP", "neuralsvd.models.Tabular",
+    "neuralsvd.estimators.NeuralKoopman", "neuralsvd.operators.TrajectoryOperator",
 ]
 
 

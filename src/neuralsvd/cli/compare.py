@@ -74,7 +74,7 @@ def compare(config: ExperimentConfig, methods: Sequence[str], out_dir: str | Pat
     for record in _run_all(runs, progress and jobs == 1, jobs):
         records.append(record)
         echo(f"{record['method']} seed {record['seed']}: {record['status']}"
-             + (f" ({record['error']})" if record["status"] != "ok" else
+             + (f" ({record['error']})" if "error" in record else
                 f", eigenvalue rel. error {record['mean_eigenvalue_relative_error']}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
@@ -107,7 +107,8 @@ def _cell(values: list[float]) -> str:
 
 def comparison_table(records: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per method (first-seen order), cells mean ± population standard deviation over
-    the method's successful runs; failed runs are counted and their errors listed below the table."""
+    the method's runs that finished (``"ok"`` or ``"unconverged"``); runs not ``"ok"`` are counted, and
+    failed ones listed below the table with their errors."""
     first = records[0]
     methods = list(dict.fromkeys(r["method"] for r in records))
     lines = [
@@ -122,8 +123,9 @@ def comparison_table(records: Sequence[dict[str, Any]]) -> str:
     for method in methods:
         runs = [r for r in records if r["method"] == method]
         ok = [r for r in runs if r["status"] == "ok"]
-        failures += [r for r in runs if r["status"] != "ok"]
-        cells = [_cell([float(r[k]) for r in ok if r.get(k) is not None and math.isfinite(float(r[k]))])
+        done = [r for r in runs if "error" not in r]
+        failures += [r for r in runs if "error" in r]
+        cells = [_cell([float(r[k]) for r in done if r.get(k) is not None and math.isfinite(float(r[k]))])
                  for k in COLUMNS]
         status = f"{len(ok)}/{len(runs)}" + ("" if len(ok) == len(runs) else " (failed: " + ", ".join(
             f"seed {r['seed']} {r['status']}" for r in runs if r["status"] != "ok") + ")")

@@ -26,6 +26,7 @@ from ..training.checkpoint import atomic_write, lock_folder
 from ..training.distributed import DataParallel, data_parallel
 from ..training.evaluation import evaluate
 from ..training.fit import DivergenceError
+from ..training.result import NORM_RATIO_RANGE
 from . import artifacts
 
 __all__ = ["DTYPES", "OutputError", "run", "summary_table"]
@@ -114,6 +115,11 @@ def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
                 prefix + "subspace_distance_all", "orthogonality_error"):
         if metrics.get(key) is not None:
             lines.append(f"{key:>32}: {metrics[key]:.3e}")
+    if metrics.get("status") == "unconverged":
+        ratios = metrics.get("norm_ratio") or []
+        modes = ", ".join(f"{m} ({ratios[m]:.3g})" for m in metrics["unconverged_modes"])
+        lines.append(f"{'status':>32}: UNCONVERGED: modes {modes} have squared norm / eigenvalue outside "
+                     f"[{NORM_RATIO_RANGE[0]}, {NORM_RATIO_RANGE[1]}]; their values are unreliable (train longer)")
     if metrics.get("steps_per_second") is not None:
         lines.append(f"{'steps_per_second':>32}: {metrics['steps_per_second']:.1f}  "
                      f"(wall {metrics['wall_seconds']:.0f} s)")
@@ -172,7 +178,8 @@ def _run_locked(exp: Experiment, out_dir: Path, resume: bool, progress: bool, ec
     metrics = {
         **header, "wall_seconds": result.wall_seconds,
         "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
-        "status": "ok", "readout": t.readout, "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
+        "status": result.status, "unconverged_modes": result.unconverged_modes, "readout": t.readout,
+        "warm_start_steps": result.extras.get("warm_start_steps"), "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
         "norm_ratio": result.extras.get("norm_ratio"),
         **report,
     }

@@ -1,6 +1,6 @@
 """Models: any ``nn.Module`` mapping ``x (n, d) -> (n, L)`` works; these are the library's."""
 
-from .networks import ACTIVATIONS, MLP, Activation, ParallelMLP, Tabular
+from .networks import ACTIVATIONS, MLP, Activation, ParallelMLP, Standardize, Tabular
 from .separable import SeparableMLP
 
-__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "SeparableMLP", "Tabular"]
+__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "SeparableMLP", "Standardize", "Tabular"]

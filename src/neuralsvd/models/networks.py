@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .._validation import check_positive_int
 from ..numerics.autodiff import jet_input, jet_product
 
-__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Tabular"]
+__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Standardize", "Tabular"]
 
 
 class Activation(NamedTuple):
@@ -390,6 +390,8 @@ class Tabular(nn.Module):
         check_positive_int("num_modes", num_modes)
         self.num_points, self.num_modes = num_points, num_modes
         self.table = nn.Parameter(init_std * torch.randn(num_points, num_modes))
+        self.register_buffer("output_gain", torch.ones(num_modes))  # fixed per-mode factor (not trained)
+        self.register_buffer("output_scaled", torch.zeros((), dtype=torch.bool))
 
     def mode_axes(self) -> dict[str, int | None]:
         """The table ``(points, L)``: column ``m`` is mode ``m``."""
@@ -402,7 +404,34 @@ class Tabular(nn.Module):
         column = self.table[:, mode]
         column.copy_(torch.randn(column.shape, generator=generator, device=column.device).to(column.dtype) * rms)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # state saved before the output gain existed: gain 1, and never calibrate a model that was trained
+        state_dict.setdefault(prefix + "output_gain", torch.ones_like(self.output_gain))
+        state_dict.setdefault(prefix + "output_scaled", torch.ones_like(self.output_scaled))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def scale_outputs(self, factors: Tensor) -> None:
+        """Multiply column ``l`` by ``factors[l]`` (``(L,)``, positive) from now on, through the fixed
+        ``output_gain`` (as :meth:`ParallelMLP.scale_outputs`), and mark the model as scaled."""
+        self.output_gain.mul_(factors.to(self.output_gain))
+        self.output_scaled.fill_(True)
+
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"Tabular expects integer indices of shape (n,), got dtype {index.dtype}")
-        return self.table[index.reshape(-1)]
+        return self.table[index.reshape(-1)] * self.output_gain
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per feature (``std = 0`` features: unscaled), fixed at construction from ``data
+    (N, d)`` (buffers: saved with the model); put it in front of a network for data of arbitrary scale."""
+
+    def __init__(self, data: Tensor):
+        super().__init__()
+        std = data.std(0) if data.shape[0] > 1 else torch.ones(data.shape[1], dtype=data.dtype)
+        self.register_buffer("mean", data.mean(0))
+        self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std

@@ -61,6 +61,7 @@ class TrainConfig:
     lr_backoff: float = 0.5
     revive: bool = True
     init_ratio: Any = 1.0
+    warm_start: Any = 1000
 
 
 @dataclass
@@ -90,7 +91,8 @@ class ExperimentConfig:
 
     def with_overrides(self, overrides: list[str]) -> ExperimentConfig:
         """Apply ``key=value`` strings. Keys are dotted (``train.lr``, ``model.hidden``,
-        ``operator.sampler_std``) or a bare field name when it is unique (``lr``). Values are Python
+        ``operator.sampler_std``; ``data.path`` is another name for ``operator.path``) or a bare field name
+        when it is unique (``lr``). Values are Python
         literals (``1e-3``, ``(64, 64)``, ``True``, ``None``) or bare strings (``rmsprop``)."""
         cfg = ExperimentConfig.from_dict(self.to_dict())
         for item in overrides:
@@ -116,6 +118,7 @@ class ExperimentConfig:
                     "operator": set(cfg.operator)}
         if "." in key:
             section, name = key.split(".", 1)
+            section = "operator" if section == "data" else section  # data.KEY: the data of data-defined operators
             if section not in sections:
                 raise ConfigError(f"unknown config section {section!r}; valid: {sorted(sections)}")
             if name not in sections[section]:

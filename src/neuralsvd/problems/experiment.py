@@ -19,7 +19,7 @@ from ..training.fit import estimate_fit_memory, fit
 from ..training.resources import allocation_failures_as, check_device, check_memory
 from ..training.result import FitResult
 from .config import ExperimentConfig, fit_options
-from .registry import build_model, make_operator, method_loss
+from .registry import build_model, loss_modes, make_operator, method_loss
 
 __all__ = ["Experiment", "build"]
 
@@ -55,7 +55,7 @@ def build(config: ExperimentConfig, check_resources: bool = True) -> Experiment:
     if check_resources:
         _check_memory(config, operator, options)
     with allocation_failures_as(f"out of memory building the {config.method} loss for {config.modes} modes"):
-        loss = factory(config.modes)
+        loss = factory(loss_modes(config))
     torch.manual_seed(config.seed)
     with allocation_failures_as(f"out of memory building the model on {config.device}"):
         model = build_model(config, operator)
@@ -69,7 +69,7 @@ def _check_memory(config: ExperimentConfig, operator: Operator, options: dict[st
             blueprint = build_model(config, operator)
     except Exception:  # noqa: BLE001 - a builder that needs real data; fit checks again on the real model
         return
-    check_memory(estimate_fit_memory(blueprint, operator, config.modes, batch_size=options["batch_size"],
+    check_memory(estimate_fit_memory(blueprint, operator, loss_modes(config), batch_size=options["batch_size"],
                                      steps=options["steps"], optimizer=options["optimizer"],
                                      ema_decay=options["ema_decay"], dtype=options["dtype"],
                                      eval_batch_size=options["eval_batch_size"]), device)

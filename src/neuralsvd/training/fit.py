@@ -27,6 +27,7 @@ from .readout import READOUTS, estimate_eigenvalues, norm_ratio
 from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
 from .revival import ModeRevival
+from .warm_start import WARM_START, needs_warm_start, warm_start as warm_start_modes
 from .state import (
     CHECKPOINT_KEYS,
     OPTIMIZERS,
@@ -69,6 +70,7 @@ def fit(
     readout: str = "rayleigh",
     revive: bool = True,
     init_ratio: float | None = INIT_RATIO,
+    warm_start: int | None = WARM_START,
     compile: bool = False,
     callback: Callable[[int, Model], None] | None = None,
     distributed: bool | None = None,
@@ -109,6 +111,12 @@ def fit(
             estimator) whose ``‖f_l‖²`` exceeds ``init_ratio · |ρ_l|`` (``ρ_l`` its Rayleigh quotient) to that
             cap, through the model's fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP;
             once per model, not on resume; :mod:`~neuralsvd.training.calibration`). ``None``: the model as given.
+        warm_start: when a mode of the first batch has a Rayleigh quotient ``ρ_l ≤ 0`` (its best size under
+            NestedLoRA is zero: typical of a random network on a quickly growing potential), first train
+            the modes' shapes on a scale-free objective until every quotient is positive (at most this
+            many extra steps, and at most ``steps // 4``; then each mode is sized at ``‖f_l‖² = ρ_l`` instead of the cap), see
+            :mod:`~neuralsvd.training.warm_start`. EVD with a NestedLoRA loss only; not on resume; ``None`` or 0: off.
+            ``FitResult.extras["warm_start_steps"]`` says how many steps it took.
         compile: run the model, operator and loss of the training step through ``torch.compile``
             (the first steps pay the compilation; see the scaling benchmark for when it pays off).
         callback: ``callback(step, model)`` after every healthy ``log_every`` check, with the model as it
@@ -137,7 +145,7 @@ def fit(
     rank_batch = _rank_batch(batch_size, world)
     dec = _check_fit_args(model, operator, loss, steps, rank_batch, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size, max_rollbacks, lr_backoff, checkpoint_every,
-                          readout, init_ratio)
+                          readout, init_ratio, warm_start)
     device = check_device(world.device(device))
     modules = dec.modules(model)
     first = next((p for m in modules for p in m.parameters()), None)
@@ -182,8 +190,13 @@ def fit(
                 else:  # validate the problem once, on a real batch, before spending compute on it
                     batch0 = dec.sample(operator, rank_batch, run.generator, dtype)
                     operator.validate(dec.inputs(batch0))
-                    if init_ratio is not None and loss.norms_are_eigenvalues:
-                        # the statistics are global-batch means: every rank gets the same factors
+                    # the statistics are global-batch means: every rank takes the same decisions
+                    if (warm_start and loss.norms_are_eigenvalues and not dec.is_svd
+                            and needs_warm_start(modules[0], operator, batch0, loss.batch_mean)):
+                        run.warm_start_steps = warm_start_modes(
+                            modules[0], operator, lambda: dec.sample(operator, rank_batch, run.generator, dtype),
+                            lr, min(warm_start, steps // 4), mean=loss.batch_mean, average_gradients=world.average_gradients)
+                    elif init_ratio is not None and loss.norms_are_eigenvalues:
                         calibrate_output_scale(modules, operator, batch0, init_ratio, mean=loss.batch_mean)
                     run.generator.manual_seed(rank_seed(seed, world.rank))
             start = run.step
@@ -302,7 +315,7 @@ def _result(run: TrainingState, dec: Decomposition, operator: Operator, loss: Sp
         mixing=None if est.mixing is None else est.mixing.cpu(),
         history=history, steps=steps, wall_seconds=wall,
         steps_per_second=ran / wall if wall > 0 and ran > 0 else float("nan"),
-        extras={"rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start,
+        extras={"warm_start_steps": run.warm_start_steps, "rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start,
                 "norm_ratio": None if ratio is None else ratio.tolist()},
     )
 
@@ -344,7 +357,8 @@ class _ProgressBar:
 def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, batch_size: int, optimizer: str,
                     lr: float, schedule: str, warmup: int, ema_decay: float | None, log_every: int,
                     eval_batches: int, eval_batch_size: int | None, max_rollbacks: int, lr_backoff: float,
-                    checkpoint_every: int, readout: str, init_ratio: float | None) -> Decomposition:
+                    checkpoint_every: int, readout: str, init_ratio: float | None,
+                    warm_start: int | None) -> Decomposition:
     """Validate the arguments of :func:`fit`, tell the loss whether batches are the population, and
     return the decomposition (EVD or SVD)."""
     if not isinstance(op, Operator):
@@ -373,6 +387,8 @@ def _check_fit_args(model: Model, op: Operator, loss: SpectralLoss, steps: int, 
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if init_ratio is not None and not (isinstance(init_ratio, (int, float)) and 0 < init_ratio < math.inf):
         raise ValueError(f"init_ratio must be a positive number or None, got {init_ratio!r}")
+    if warm_start is not None:
+        check_positive_int("warm_start", warm_start, 0, "None or 0: off")
     if ema_decay is not None and not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}")
     if not 0 < lr_backoff < 1:

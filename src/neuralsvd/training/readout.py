@@ -13,13 +13,12 @@ from ..losses.base import SpectralLoss
 from ..numerics.quadrature import Quadrature
 from ..operators.base import Operator
 from .decomposition import Decomposition, Model, decomposition_of
+from .result import NORM_RATIO_RANGE
 
 __all__ = ["NORM_RATIO_RANGE", "READOUTS", "Readout", "estimate_eigenvalues", "norm_ratio"]
 
 READOUTS = ("rayleigh", "ritz")
 
-#: squared norm / eigenvalue outside this range flags a NestedLoRA mode as unconverged
-NORM_RATIO_RANGE = (0.5, 2.0)
 
 
 @dataclass

@@ -13,7 +13,10 @@ from .decomposition import Decomposition, decomposition_of
 if TYPE_CHECKING:  # annotations only: operators may build results without importing the training loop
     from ..operators.base import Operator
 
-__all__ = ["FitResult"]
+__all__ = ["NORM_RATIO_RANGE", "FitResult"]
+
+#: squared norm / eigenvalue outside this range flags a NestedLoRA mode as unconverged
+NORM_RATIO_RANGE = (0.5, 2.0)
 
 
 @dataclass
@@ -35,7 +38,7 @@ class FitResult:
         history: ``{"step": (S,), "loss": (S,), "eigenvalues": (S, L)}`` per training step: minibatch
             eigenvalue estimates in the reporting convention, columns in mode order (as ``eigenvalues``).
         steps, wall_seconds, steps_per_second: what the run did (this call only, when resumed).
-        extras: diagnostics (rollbacks, learning-rate scale, resumed step, norm ratios).
+        extras: diagnostics (warm-start steps, rollbacks, learning-rate scale, resumed step, norm ratios).
         config: the :class:`~neuralsvd.problems.ExperimentConfig` of a run loaded with
             :func:`neuralsvd.load` (None for a direct :func:`~neuralsvd.fit`).
     """
@@ -54,6 +57,22 @@ class FitResult:
     mixing: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     config: Any = None
+
+    @property
+    def unconverged_modes(self) -> list[int]:
+        """Modes (leading first) whose ``‖f_l‖² / λ_l`` (``extras["norm_ratio"]``, 1 at the NestedLoRA
+        optimum) lies outside :data:`~neuralsvd.training.readout.NORM_RATIO_RANGE`: their eigenvalue estimates
+        are unreliable (a mode stuck near ``f = 0``, or one absorbing another's residual). Empty where
+        the ratio means nothing (other losses, the ``"ritz"`` read-out)."""
+        lo, hi = NORM_RATIO_RANGE
+        ratio = self.extras.get("norm_ratio") or []
+        return [i for i, r in enumerate(ratio) if not lo <= r <= hi]
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, or ``"unconverged"`` when :attr:`unconverged_modes` is not empty (a diverged run raises
+        :class:`~neuralsvd.DivergenceError` instead of returning)."""
+        return "unconverged" if self.unconverged_modes else "ok"
 
     @property
     def decomposition(self) -> Decomposition:

@@ -102,6 +102,7 @@ class TrainingState:
         self.generator = torch.Generator(device).manual_seed(rank_seed(seed, world.rank))
         self.batch_size, self.dtype = batch_size, dtype
         self.step, self.lr_scale, self.rollbacks = 0, 1.0, 0
+        self.warm_start_steps = 0  # steps of the warm start before step 0 (neuralsvd.warm_start)
         self.hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
         self.hist_eig = torch.full((steps, loss.num_modes), math.nan, dtype=torch.float64, device=device)
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every step finite since the last check
@@ -208,6 +209,7 @@ class TrainingState:
             "world_size": self.world.world_size,
             "lr_scale": self.lr_scale,
             "rollbacks": self.rollbacks,
+            "warm_start_steps": self.warm_start_steps,
             "history": {"loss": self.hist_loss[:done].cpu(), "eigenvalues": self.hist_eig[:done].cpu()},
         }
 
@@ -227,6 +229,7 @@ class TrainingState:
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: one process
         restore_rng(rngs[self.world.rank], self.generator)
         self.rollbacks = int(state["rollbacks"])
+        self.warm_start_steps = int(state.get("warm_start_steps", 0))  # absent in older checkpoints
         self._set_lr_scale(float(state["lr_scale"]))
         done = min(self.step, self.hist_loss.shape[0])
         self.hist_loss[:done] = state["history"]["loss"][:done].to(self.hist_loss)
