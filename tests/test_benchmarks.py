@@ -167,7 +167,7 @@ def test_dynamics_generator_1d_matches_ou_closed_form():
     lam = bench.generator_1d_eigenvalues(lambda x: 0.5 * theta * x**2, 1.0, -8.0, 8.0, 5, n=1000)
     assert np.allclose(lam, -theta * np.arange(5), rtol=1e-6, atol=1e-9)
     # a double well is not exactly solvable; the extrapolated value agrees with a 4x finer unextrapolated grid
-    dw = lambda x: (x**2 - 1) ** 2  # noqa: E731
+    dw = lambda x: (x**2 - 1) ** 2
     fine = bench._sqra_eigenvalues(dw, 0.25, -3.0, 3.0, 16000, 3)
     assert np.allclose(bench.generator_1d_eigenvalues(dw, 0.25, -3.0, 3.0, 3, n=2000)[1:], fine[1:], rtol=1e-5)
 
@@ -211,7 +211,7 @@ def test_dynamics_logistic_reference_against_ulam_and_population_covariances():
     assert abs(true[0] - 1) < 1e-10 and abs(true[1]) > 0.2 and true[1].imag != 0  # a complex pair: not normal
 
     # span(1, α_1..α_2M) = span(α_0..α_2M) is invariant under the Koopman operator
-    alphas = lambda u: np.stack([bench.logistic_noise_feature(bench.logistic_map(u[:, 0]), i, m)  # noqa: E731
+    alphas = lambda u: np.stack([bench.logistic_noise_feature(bench.logistic_map(u[:, 0]), i, m)
                                  for i in range(1, 2 * m + 1)], axis=1)
     pop = bench.top_eigenvalues(*bench.logistic_population_covariances(alphas, m), 3)
     assert bench.directed_hausdorff(pop, true[:3]) < 1e-8
