@@ -300,40 +300,42 @@ class System:
 
 
 def make_ou(scale: float) -> System:
-    theta, frame, lag, modes = (1.0, 1.3), 0.1, 5, 5
+    theta, frame, lag, modes = (1.0, 1.3), 0.5, 1, 5
     rng = np.random.default_rng(0)
 
-    def simulate(frames: int) -> Array:
+    def simulate(count: int, frames: int) -> list[Array]:
+        """``count`` trajectories started from the stationary law, exact transitions."""
         a = np.exp(-np.asarray(theta) * frame)
-        x = np.empty((frames, 2))
-        x[0] = rng.standard_normal(2)
-        noise = rng.standard_normal((frames, 2)) * np.sqrt(1 - a**2)
+        x = np.empty((count, frames, 2))
+        x[:, 0] = rng.standard_normal((count, 2))
+        noise = rng.standard_normal((count, frames, 2)) * np.sqrt(1 - a**2)
         for t in range(1, frames):
-            x[t] = a * x[t - 1] + noise[t]
-        return x
+            x[:, t] = a * x[:, t - 1] + noise[:, t]
+        return list(x)
 
-    frames = max(int(20_000 * scale), 4 * lag)
+    count = max(int(100 * scale), 1)
     indices, rates = ou_modes(theta, modes)
-    return System("ou", [simulate(frames)], [simulate(frames)], lag, modes, True,
+    return System("ou", simulate(count, 500), simulate(count, 500), lag, modes, True,
                   timescales=timescales_from_rates(rates, frame),
                   eigenfunctions=lambda x: hermite_functions(x, indices),
                   stationary=rng.standard_normal((100_000, 2)), sigma=np.exp(rates * frame * lag),
-                  hidden=(64, 64), epochs=20)
+                  hidden=(64, 64), epochs=10)
 
 
 def make_quadruple_well(scale: float) -> System:
     from deeptime.data import quadruple_well
 
     frame, lag, modes = 1.0, 5, 3
-    model = quadruple_well(h=1e-3, n_steps=1000)  # frame = 1 time unit
-    frames = max(int(20_000 * scale), 4 * lag)
-    train = model.trajectory(np.zeros((1, 2)), frames, seed=1, n_jobs=1)
-    test = model.trajectory(np.zeros((1, 2)), frames, seed=2, n_jobs=1)
+    model = quadruple_well(h=1e-3, n_steps=1000)  # frame = 1 time unit; slowest timescale ≈ 34 frames
+    count = max(int(20 * scale), 1)
+    starts = np.random.default_rng(0).uniform(-1.5, 1.5, (2 * count, 2))
+    train = list(model.trajectory(starts[:count], 5000, seed=1, n_jobs=1))
+    test = list(model.trajectory(starts[count:], 5000, seed=2, n_jobs=1))
     lam = generator_1d_eigenvalues(lambda x: (x**2 - 1) ** 2, 0.25, -3.0, 3.0, 4)
     rates = np.sort((lam[:, None] + lam[None, :]).ravel())[::-1][1:modes + 1]
-    return System("quadruple-well", [train], [test], lag, modes, True,
+    return System("quadruple-well", train, test, lag, modes, True,
                   timescales=timescales_from_rates(rates, frame), sigma=np.exp(rates * frame * lag),
-                  hidden=(64, 64), epochs=20)
+                  hidden=(64, 64), epochs=5)
 
 
 PRINZ = lambda x: 4 * (x**8 + 0.8 * np.exp(-80 * x**2) + 0.2 * np.exp(-80 * (x - 0.5) ** 2)
