@@ -66,7 +66,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> FitResult:
 
     Raises :class:`ArtifactError` (one line) for a folder that is not a finished run of this version.
     """
-    from .experiments import ExperimentConfig, build_model, make_loss, make_operator
+    from .experiments import ExperimentConfig, build_model, loss_modes, make_loss, make_operator
     from .experiments.config import DTYPES
 
     run_dir = Path(run_dir)
@@ -97,7 +97,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> FitResult:
         dec = decomposition_of(model)
         dtype = DTYPES[config.train.dtype]
         modules = tuple(m.to(dtype=dtype) for m in dec.modules(model))
-        final = dec.final_model(make_loss(config.method, config.modes), dec.assemble(modules))
+        final = dec.final_model(make_loss(config.method, loss_modes(config)), dec.assemble(modules))
         if len(state["models"]) != len(dec.modules(final)):
             raise ValueError(f"{len(state['models'])} saved models for a {dec.name} problem")
         for module, weights in zip(dec.modules(final), state["models"]):

@@ -12,6 +12,9 @@ spectrum as a fitted attribute:
   ``transform``.
 * :class:`NeuralCCA`: the canonical dependence kernel of two views (nonlinear CCA;
   :class:`~neuralsvd.operators.PairedSamples`), with ``fit(X, Y)``, ``transform(X)``, ``transform_y(Y)``.
+* :class:`NeuralKoopman`: Koopman / transfer-operator singular functions from trajectories
+  (:class:`~neuralsvd.operators.TrajectoryOperator`), in deeptime's shape (``fit(trajectories)``,
+  ``fetch_model()``, ``singular_values_``, ``timescales_``, ``score``); its own conventions are on the class.
 
 ``transform`` returns the learned functions normalized in ``L²`` of the training measure (unit mean
 square over the training points), modes leading first, as float64 arrays. Inputs are standardized per
@@ -34,28 +37,17 @@ from torch import Tensor, nn
 
 from ._validation import check_positive_int
 from .fit import FitResult, fit
+from .koopman import KoopmanModel, koopman_model
 from .losses import NestedLoRA
-from .models import ParallelMLP
+from .models import ParallelMLP, Standardize
 from .operators.base import Operator
 from .operators.graph import GraphOperator
 from .operators.kernel import KernelOperator
 from .operators.kernels import Centered, make_kernel
 from .operators.paired import PairedSamples
+from .operators.trajectory import Trajectories, TrajectoryData, TrajectoryOperator
 
-__all__ = ["NeuralCCA", "NeuralEigenmap", "NeuralSpectralEmbedding"]
-
-
-class _Standardize(nn.Module):
-    """``(x - mean) / std`` per feature (``std = 0`` features: unscaled), fixed at construction."""
-
-    def __init__(self, data: Tensor):
-        super().__init__()
-        std = data.std(0) if data.shape[0] > 1 else torch.ones(data.shape[1], dtype=data.dtype)
-        self.register_buffer("mean", data.mean(0))
-        self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+__all__ = ["KoopmanModel", "NeuralCCA", "NeuralEigenmap", "NeuralKoopman", "NeuralSpectralEmbedding"]
 
 
 class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -64,7 +56,7 @@ class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _network(self, data: Tensor, num_modes: int) -> nn.Module:
         """Standardization + ``num_modes`` disjoint MLPs on the features of ``data (N, d)``."""
         return nn.Sequential(
-            _Standardize(data),
+            Standardize(data),
             ParallelMLP(data.shape[1], num_modes, hidden=self.hidden, activation=self.activation),
         )
 
@@ -332,3 +324,123 @@ class NeuralCCA(_NeuralSpectral):
                 f"Y has {Y.shape[1]} features, but {type(self).__name__} was fitted with {self.n_features_y_}"
             )
         return self._evaluate(self.result_.right_functions, Y)[:, 1:]
+
+
+class NeuralKoopman(BaseEstimator):
+    """Koopman (transfer-operator) singular functions learned from trajectories with NestedLoRA.
+
+    A drop-in for deeptime's ``VAMPNet``/``TICA`` workflow: ``NeuralKoopman(n_components=L, lagtime=τ)
+    .fit(trajectories).fetch_model()``. The operator is :class:`~neuralsvd.operators.TrajectoryOperator`
+    (its docstring holds the conventions); the constant mode (``σ_0 = 1``) is pinned and never returned.
+
+    Args:
+        n_components: ``L``, modes beyond the constant.
+        lagtime: ``τ`` in steps.
+        reversible: symmetrized estimate with one network per mode (equilibrium data), or the general SVD
+            with left and right networks.
+        hidden, activation: widths and activation of each mode's MLP (inputs standardized per feature).
+        steps, batch_size, lr, nesting: training (:func:`neuralsvd.fit`; ``batch_size`` counts lagged pairs,
+            an even number when reversible).
+        seed, device, progress: seed of initialization and sampling (the global torch RNG is restored),
+            torch device, progress bar.
+        validation_fraction: hold out the last fraction of every trajectory (in time); the VAMP-2 score there
+            is ``validation_score_``. 0: train on everything.
+        max_pairs: the data statistics after training (normalization, ``eigenvalues_``, scores) use every
+            lagged pair, or a random ``max_pairs`` of them if there are more.
+
+    Attributes (after ``fit``):
+        singular_values_: ``(L,)`` descending, without the constant. timescales_: ``(L,)`` ``-τ / ln σ`` in
+            steps. eigenvalues_: ``(L+1,)`` complex Koopman eigenvalues in the learned span (constant
+            included; :mod:`neuralsvd.koopman`). validation_score_: held-out VAMP-2 or None.
+        model_: the :class:`~neuralsvd.koopman.KoopmanModel` (also ``fetch_model()``). result_: the
+            :class:`~neuralsvd.FitResult` (modes with the constant first). n_features_in_: ``d``.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 2,
+        lagtime: int = 1,
+        *,
+        reversible: bool = True,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "sin",
+        steps: int = 3000,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        nesting: str = "sequential",
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool = False,
+        validation_fraction: float = 0.0,
+        max_pairs: int = 1_000_000,
+    ):
+        self.n_components, self.lagtime, self.reversible = n_components, lagtime, reversible
+        self.hidden, self.activation, self.steps, self.batch_size = hidden, activation, steps, batch_size
+        self.lr, self.nesting, self.seed, self.device, self.progress = lr, nesting, seed, device, progress
+        self.validation_fraction, self.max_pairs = validation_fraction, max_pairs
+
+    def _network(self, scale_data: Tensor) -> nn.Module:
+        return nn.Sequential(
+            Standardize(scale_data),
+            ParallelMLP(scale_data.shape[1], self.n_components, hidden=self.hidden, activation=self.activation),
+        )
+
+    def fit(self, trajectories: TrajectoryData, y: Any = None) -> NeuralKoopman:
+        """Learn from ``trajectories``: ``(T, d)``, ``(N, T, d)``, a list of arrays, or ``.npy`` path(s)."""
+        for name in ("n_components", "steps", "batch_size", "max_pairs"):
+            check_positive_int(name, getattr(self, name))
+        data = Trajectories(trajectories)
+        data.check_lag(self.lagtime)
+        held_out = None
+        if self.validation_fraction:
+            data, held_out = data.split(self.validation_fraction, self.lagtime)
+        operator = TrajectoryOperator(data, self.lagtime, reversible=self.reversible)
+        if self.n_components + 1 > operator.num_pairs:
+            raise ValueError(f"n_components={self.n_components} needs more than {operator.num_pairs} lagged pairs")
+        gen = torch.Generator().manual_seed(int(self.seed))
+        sample = operator.lagged_pairs(torch.randint(operator.num_pairs, (min(operator.num_pairs, 100_000),),
+                                                     generator=gen), dtype=torch.float32)
+        scale = torch.cat(sample, 0)  # frames (both ends of the pairs) for the input standardization
+        with torch.random.fork_rng(devices=[]):  # fit seeds torch's global RNG: restore it afterwards
+            torch.manual_seed(int(self.seed))
+            if self.reversible:
+                model: Any = operator.pinned_model(self._network(scale))
+            else:
+                model = operator.pinned_models(self._network(scale), self._network(scale))
+            self.result_ = fit(model, operator, NestedLoRA(self.n_components + 1, nesting=self.nesting),
+                               steps=int(self.steps), batch_size=int(self.batch_size), lr=self.lr, seed=int(self.seed),
+                               device=self.device, dtype=torch.float32, progress=self.progress)
+        for module in self.result_.decomposition.modules(self.result_.model):
+            module.double().cpu()  # trained in float32, evaluated in float64: transform is batch-independent
+        self.n_features_in_ = data.dim
+        self.model_ = koopman_model(self.result_, data, self.lagtime, self.max_pairs, int(self.seed))
+        self.singular_values_ = self.model_.singular_values_
+        self.eigenvalues_ = self.model_.eigenvalues_
+        self.validation_score_ = None if held_out is None else self.model_.score(held_out, max_pairs=self.max_pairs)
+        return self
+
+    def fetch_model(self) -> KoopmanModel:
+        """The fitted :class:`~neuralsvd.koopman.KoopmanModel`."""
+        check_is_fitted(self)
+        return self.model_
+
+    @property
+    def timescales_(self) -> np.ndarray:
+        check_is_fitted(self)
+        return self.model_.timescales_
+
+    def transform(self, X: Any, lagged: bool = False) -> np.ndarray:
+        """The learned singular functions at ``X (n, d)``: ``(n, L)`` (see :class:`~neuralsvd.koopman.KoopmanModel`)."""
+        check_is_fitted(self)
+        return self.model_.transform(X, lagged=lagged)
+
+    def score(self, trajectories: TrajectoryData, y: Any = None, r: int = 2) -> float:
+        """VAMP-``r`` on ``trajectories`` (held-out data): the constant's +1 included, as deeptime, so at most
+        ``L + 1`` (:func:`~neuralsvd.koopman.vamp_score`)."""
+        check_is_fitted(self)
+        return self.model_.score(trajectories, r=r, max_pairs=self.max_pairs, seed=int(self.seed))
+
+    def eigenvalues(self, trajectories: TrajectoryData | None = None) -> np.ndarray:
+        """Koopman eigenvalues in the learned span (see :meth:`~neuralsvd.koopman.KoopmanModel.eigenvalues`)."""
+        check_is_fitted(self)
+        return self.model_.eigenvalues(trajectories, max_pairs=self.max_pairs, seed=int(self.seed))

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._validation import check_positive_int
 from .autodiff import jet_input, jet_product
 
-__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Tabular"]
+__all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Standardize", "Tabular"]
 
 
 class Activation(NamedTuple):
@@ -406,3 +406,17 @@ class Tabular(nn.Module):
         if index.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"Tabular expects integer indices of shape (n,), got dtype {index.dtype}")
         return self.table[index.reshape(-1)]
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` per feature (``std = 0`` features: unscaled), fixed at construction from ``data
+    (N, d)`` (buffers: saved with the model); put it in front of a network for data of arbitrary scale."""
+
+    def __init__(self, data: Tensor):
+        super().__init__()
+        std = data.std(0) if data.shape[0] > 1 else torch.ones(data.shape[1], dtype=data.dtype)
+        self.register_buffer("mean", data.mean(0))
+        self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std

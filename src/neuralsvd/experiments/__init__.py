@@ -2,7 +2,7 @@
 
 :mod:`.registry` holds the problems and methods; :mod:`.presets` (Schrödinger problems),
 :mod:`.schrodinger_presets` (a user's potential), :mod:`.higher_dim_presets` (the hypercube Laplacian,
-3D hydrogen) and :mod:`.data_presets` (kernels, graphs, paired samples) register into it when this
+3D hydrogen) and :mod:`.data_presets` (kernels, graphs, paired samples) and :mod:`.dynamics_presets` (trajectories) register into it when this
 package is imported.
 """
 
@@ -19,8 +19,11 @@ from . import higher_dim_presets  # noqa: F401
 from . import data_presets  # noqa: F401
 
 # isort: split
+from . import dynamics_presets  # noqa: F401
+
+# isort: split
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, fit_options
-from .registry import METHODS, PROBLEMS, build_model, get_problem, make_loss, make_model, make_operator
+from .registry import METHODS, PROBLEMS, build_model, get_problem, loss_modes, make_loss, make_model, make_operator
 from .run import run
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
            "build_model",
            "fit_options",
            "get_problem",
+           "loss_modes",
            "make_loss",
            "make_model",
            "make_operator",

@@ -90,7 +90,8 @@ class ExperimentConfig:
 
     def with_overrides(self, overrides: list[str]) -> ExperimentConfig:
         """Apply ``key=value`` strings. Keys are dotted (``train.lr``, ``model.hidden``,
-        ``operator.sampler_std``) or a bare field name when it is unique (``lr``). Values are Python
+        ``operator.sampler_std``; ``data.path`` is another name for ``operator.path``) or a bare field name
+        when it is unique (``lr``). Values are Python
         literals (``1e-3``, ``(64, 64)``, ``True``, ``None``) or bare strings (``rmsprop``)."""
         cfg = ExperimentConfig.from_dict(self.to_dict())
         for item in overrides:
@@ -116,6 +117,7 @@ class ExperimentConfig:
                     "operator": set(cfg.operator)}
         if "." in key:
             section, name = key.split(".", 1)
+            section = "operator" if section == "data" else section  # data.KEY: the data of data-defined operators
             if section not in sections:
                 raise ConfigError(f"unknown config section {section!r}; valid: {sorted(sections)}")
             if name not in sections[section]:

@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "config_sampler",
     "get_problem",
+    "loss_modes",
     "make_loss",
     "make_model",
     "make_operator",
@@ -55,6 +56,9 @@ class Problem:
     #: configuration (e.g. the number of modes), in place, before the operator is built; the runner
     #: writes config.json after, so the chosen values are recorded and reused by :func:`neuralsvd.load`
     prepare: Callable[[ExperimentConfig], None] | None = None
+    #: modes pinned in front of the ``config.modes`` learned ones (e.g. 1: a Koopman operator's constant, when
+    #: ``--modes L`` counts the modes beyond it): the loss and the result hold ``config.modes + pinned_modes``
+    pinned_modes: int = 0
 
 
 #: every named problem, by name (filled by :func:`register`)
@@ -126,6 +130,11 @@ def make_loss(method: str, num_modes: int) -> SpectralLoss:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     return METHODS[method][1](num_modes)
+
+
+def loss_modes(config: ExperimentConfig) -> int:
+    """The number of modes the loss and the result hold: ``config.modes`` plus the problem's pinned ones."""
+    return config.modes + get_problem(config.problem).pinned_modes
 
 
 def make_operator(config: ExperimentConfig) -> Operator:

@@ -26,7 +26,7 @@ from ..evaluation import evaluate
 from ..fit import DivergenceError, estimate_fit_memory, fit
 from ..resources import allocation_failures_as, check_device, check_memory
 from .config import DTYPES, ConfigError, ExperimentConfig, fit_options
-from .registry import build_model, get_problem, make_loss, make_operator
+from .registry import build_model, get_problem, loss_modes, make_loss, make_operator
 
 __all__ = ["DTYPES", "OutputError", "run", "summary_table"]
 #: metrics.json fields that are null when a run diverged
@@ -63,7 +63,7 @@ def _check_memory(config: ExperimentConfig, operator: Any, options: dict[str, An
             model = build_model(config, operator)
     except Exception:  # noqa: BLE001 - a builder that needs real data; fit checks again on the real model
         return
-    check_memory(estimate_fit_memory(model, operator, config.modes, batch_size=options["batch_size"],
+    check_memory(estimate_fit_memory(model, operator, loss_modes(config), batch_size=options["batch_size"],
                                      steps=options["steps"], optimizer=options["optimizer"],
                                      ema_decay=options["ema_decay"], dtype=options["dtype"],
                                      eval_batch_size=options["eval_batch_size"]), device)
@@ -157,7 +157,7 @@ def run(config: ExperimentConfig, out_dir: str | Path, resume: bool = False, pro
     operator = make_operator(config)
     _check_memory(config, operator, options)
     with allocation_failures_as(f"out of memory building the {config.method} loss for {config.modes} modes"):
-        loss = make_loss(config.method, config.modes)
+        loss = make_loss(config.method, loss_modes(config))
     if resume:
         _check_resume(out_dir, config)
     if world.is_main:

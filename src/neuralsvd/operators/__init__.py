@@ -9,6 +9,7 @@ from .hydrogen3d import Hydrogen3D
 from .kernel import GaussianRBF, KernelOperator, NystromExtension, nystrom
 from .paired import ConstantFirst, GaussianPairs, PairedOperator, PairedSamples, cross_view_retrieval
 from .schrodinger import HarmonicOscillator, Hydrogen2D, Schrodinger
+from .trajectory import Trajectories, TrajectoryOperator
 
 __all__ = [
     "Operator", "CrossOperator", "Schrodinger", "Hydrogen2D", "HarmonicOscillator", "DenseOperator",
@@ -17,4 +18,6 @@ __all__ = [
     "kernels", "KernelOperator", "GaussianRBF", "NystromExtension", "nystrom",
     "GraphOperator", "CycleGraph", "GridGraph", "NodeFeatures",
     "PairedOperator", "PairedSamples", "GaussianPairs", "ConstantFirst", "cross_view_retrieval",
+    # defined by trajectories: Koopman / transfer operators
+    "Trajectories", "TrajectoryOperator",
 ]
