@@ -259,14 +259,15 @@ def logistic_empirical_covariances(features: FeatureMap, trajectories: list[Arra
     return x.T @ x / len(x), x.T @ y / len(x)
 
 
-def subspace_distance(features: FeatureMap, truth: FeatureMap, sample: Array) -> float:
+def subspace_distance(features: FeatureMap, truth: FeatureMap, rule: Array | tuple[Array, Array]) -> float:
     """``1 - tr(P̂P)/L`` between the spans of the (mean-free) learned functions and the true
-    eigenfunctions in L²(μ), by Monte Carlo over ``sample ~ μ`` (neuralsvd.metrics' definition)."""
-    f = features(sample).astype(np.float64)
-    f -= f.mean(0)
-    t = truth(sample)
-    n = len(sample)
-    gram, cross = f.T @ f / n, f.T @ t / n
+    eigenfunctions in L²(μ) (neuralsvd.metrics' definition), on a quadrature ``(points, weights)`` of μ or
+    on samples of μ (equal weights)."""
+    points, weights = rule if isinstance(rule, tuple) else (rule, np.full(len(rule), 1.0 / len(rule)))
+    f = features(points).astype(np.float64)
+    f -= weights @ f
+    t = truth(points)
+    gram, cross = (f * weights[:, None]).T @ f, (f * weights[:, None]).T @ t
     overlap = np.trace(np.linalg.pinv(gram, hermitian=True) @ cross @ cross.T)
     return float(np.clip(1 - overlap / t.shape[1], 0.0, 1.0))
 
@@ -286,7 +287,7 @@ class System:
     reversible: bool
     timescales: Array | None = None  # (L,) reference, frames, slowest first
     eigenfunctions: FeatureMap | None = None  # orthonormal in L²(μ), same order as timescales
-    stationary: Array | None = None  # exact samples of μ (for the subspace distance)
+    stationary: Array | tuple[Array, Array] | None = None  # samples or a quadrature (points, weights) of μ
     embed: FeatureMap | None = None  # raw state -> method input (applied to train/test already)
     logistic_m: int | None = None
     true_eigenvalues: Array | None = None  # (k,) top eigenvalues by modulus (logistic)
@@ -296,6 +297,7 @@ class System:
     epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-3
+    peer_activation: str = "elu"  # the peers' MLP activation (NeuralKoopman keeps its own default, sin)
     notes: list[str] = field(default_factory=list)
 
 
@@ -363,7 +365,28 @@ def make_prinz(scale: float) -> System:
 
 
 def make_double_well(scale: float) -> System:
-    raise NotImplementedError("the langevin-double-well preset is not in this checkout")
+    """The library's ``langevin-double-well`` system and generator reference (its preset's parameters) on
+    20 + 10 trajectories of 10 000 frames (the preset trains on 100 of 40 000)."""
+    import torch
+
+    from neuralsvd.dynamics import LangevinDoubleWell
+
+    lag, modes, frames = 10, 3, max(int(10_000 * scale), 100)
+    system = LangevinDoubleWell(barrier=1.0, stiffness=2.0, curvature=0.5, beta=1.0, dt=0.05, substeps=20)
+    train = list(system.simulate(frames, 20, seed=0).astype(np.float64))
+    test = list(system.simulate(frames, 10, seed=1).astype(np.float64))
+    ref = system.reference(lag, modes + 1, points=128, half_width=4.0)
+    rates = -np.asarray(ref.rates[1:modes + 1])
+    rule = ref.rule()
+
+    def truth(x: Array) -> Array:
+        return ref.functions(torch.as_tensor(x, dtype=torch.float64), modes + 1)[:, 1:].numpy()
+
+    return System("double-well", train, test, lag, modes, True, timescales=timescales_from_rates(rates, system.dt),
+                  sigma=np.exp(rates * system.dt * lag), eigenfunctions=truth,
+                  stationary=(rule.points.numpy(), rule.weights.numpy()), hidden=(64, 64), epochs=5,
+                  notes=[(f"reference generator eigenvalues {np.round(-rates, 4).tolist()} "
+                          f"(stated error {np.asarray(ref.error_estimate[1:modes + 1]).max():.1e})")])
 
 
 def make_sqrt_model(scale: float) -> System:
@@ -448,12 +471,30 @@ def fit_neuralsvd(system: System, seed: int) -> Fit:
                       "own_score": float(est.score(system.test))})
 
 
-def _mlp(d_in: int, hidden: tuple[int, ...], d_out: int):
+def _mlp(system: System, d_out: int):
+    """The peers' network: inputs standardized with the training frames' mean and std (as NeuralKoopman
+    does), then ``system.hidden`` layers with ``system.peer_activation``, then ``d_out`` linear outputs."""
     import torch
 
-    layers, width = [], d_in
-    for h in hidden:
-        layers += [torch.nn.Linear(width, h), torch.nn.ELU()]
+    class Standardize(torch.nn.Module):
+        def __init__(self, data: Array):
+            super().__init__()
+            self.register_buffer("mean", torch.as_tensor(data.mean(0), dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(data.std(0) + 1e-12, dtype=torch.float32))
+
+        def forward(self, x):
+            return (x - self.mean) / self.std
+
+    class Sin(torch.nn.Module):
+        def forward(self, x):
+            return torch.sin(x)
+
+    act = {"elu": torch.nn.ELU, "sin": Sin, "tanh": torch.nn.Tanh, "silu": torch.nn.SiLU,
+           "softplus": torch.nn.Softplus}[system.peer_activation]
+    data = np.concatenate(system.train)
+    layers, width = [Standardize(data)], data.shape[1]
+    for h in system.hidden:
+        layers += [torch.nn.Linear(width, h), act()]
         width = h
     return torch.nn.Sequential(*layers, torch.nn.Linear(width, d_out))
 
@@ -482,7 +523,7 @@ def fit_vampnet(system: System, seed: int) -> Fit:
     from deeptime.decomposition.deep import VAMPNet
 
     torch.manual_seed(seed)
-    lobe = _mlp(system.train[0].shape[1], system.hidden, system.modes)
+    lobe = _mlp(system, system.modes)
     net = VAMPNet(lobe, learning_rate=system.lr, device="cpu")
     t0 = time.perf_counter()
     net.fit(_loader(system, seed), n_epochs=system.epochs)
@@ -496,9 +537,8 @@ def fit_contrastive(system: System, seed: int) -> Fit:
     from kooplearn.torch.nn import SpectralContrastiveLoss
 
     torch.manual_seed(seed)
-    d = system.train[0].shape[1]
-    encoder = _mlp(d, system.hidden, system.modes + 1)
-    lagged = _mlp(d, system.hidden, system.modes + 1)
+    encoder = _mlp(system, system.modes + 1)
+    lagged = _mlp(system, system.modes + 1)
     opt = torch.optim.Adam([*encoder.parameters(), *lagged.parameters()], lr=system.lr)
     loss_fn = SpectralContrastiveLoss()
     t0 = time.perf_counter()
@@ -666,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies trajectory lengths")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every system's epochs")
     parser.add_argument("--tolerance", type=float, default=0.10, help="relative timescale error of a right mode")
+    parser.add_argument("--peer-activation", default="elu", choices=["elu", "sin", "tanh", "silu", "softplus"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -695,10 +736,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:15s} skipped: {exc}")
             continue
         system.epochs = max(1, round(system.epochs * args.epochs_scale))
+        system.peer_activation = args.peer_activation
         for note in system.notes:
             print(f"{name:15s} note: {note}")
         res = {"lag": system.lag, "modes": system.modes, "epochs": system.epochs, "batch_size": system.batch_size,
                "hidden": list(system.hidden), "lr": system.lr, "steps": _steps(system),
+               "peer_activation": system.peer_activation,
                "reference_timescales": None if system.timescales is None else system.timescales.tolist(),
                "reference_sigma": None if system.sigma is None else system.sigma.tolist(),
                "true_eigenvalues": None if system.true_eigenvalues is None else
