@@ -254,3 +254,20 @@ def test_dynamics_skips_missing_peers(monkeypatch, capsys, tmp_path):
     assert "ou              vampnet      skipped: deeptime, torch not installed" not in printed
     assert "vampnet      skipped: deeptime not installed" in printed
     assert json.loads(out.read_text())["systems"]["ou"]["methods"] == {}
+
+
+def test_dynamics_smoke_neuralsvd_on_ou(tmp_path, capsys):
+    """A few NeuralKoopman steps on the OU system: the table, the command, every score in its range."""
+    bench = _load("dynamics")
+    out = tmp_path / "d.json"
+    assert bench.main(["--systems", "ou", "--methods", "neuralsvd", "--seeds", "0", "1", "--seeds-for", "neuralsvd=1",
+                       "--scale", "0.05", "--epochs-scale", "0.2", "--json", str(out),
+                       "--plot", str(tmp_path / "d.png")]) == 0
+    assert "command: python benchmarks/dynamics.py" in capsys.readouterr().out
+    res = json.loads(out.read_text())["systems"]["ou"]
+    assert res["steps"] == 2 * 10  # 2 epochs of 2495 pairs at batch 256
+    (run,) = res["methods"]["neuralsvd"]["runs"]
+    assert 1.0 <= run["vamp2"] <= 1 + res["modes"] and len(run["timescales"]) == res["modes"] == 5
+    assert 0.0 <= run["subspace_distance"] <= 1.0 and len(run["timescale_rel_error"]) == 5
+    assert run["vamp2"] == pytest.approx(run["own_score"], abs=1e-6)  # our VAMP-2 is the estimator's score
+    assert (tmp_path / "d.png").stat().st_size > 10_000
