@@ -457,12 +457,15 @@ def _vamp_readout(features: FeatureMap, system: System) -> Array:
     return np.sort(model.timescales())[::-1][: system.modes]
 
 
-def fit_neuralsvd(system: System, seed: int) -> Fit:
+def fit_neuralsvd(system: System, seed: int, defaults: bool = False) -> Fit:
+    """``NeuralKoopman`` with the benchmark's shared budget, or (``defaults``) with nothing but
+    ``n_components``, ``lagtime``, ``reversible`` and ``seed`` set: what a user gets."""
     from neuralsvd.estimators import NeuralKoopman
 
-    est = NeuralKoopman(n_components=system.modes, lagtime=system.lag, reversible=system.reversible,
-                        hidden=system.hidden, steps=_steps(system), batch_size=system.batch_size, lr=system.lr,
-                        seed=seed, progress=False)
+    budget = {} if defaults else {"hidden": system.hidden, "steps": _steps(system), "batch_size": system.batch_size,
+                                  "lr": system.lr}
+    est = NeuralKoopman(n_components=system.modes, lagtime=system.lag, reversible=system.reversible, seed=seed,
+                        progress=False, **budget)
     t0 = time.perf_counter()
     est.fit(system.train)
     seconds = time.perf_counter() - t0
@@ -585,6 +588,7 @@ def _fit_linear(system: System, kind: str) -> Fit:
 METHODS: dict[str, tuple[Callable[[System, int], Fit], tuple[str, ...], bool]] = {
     # name: (fit, packages needed, trained network: runs once per seed)
     "neuralsvd": (fit_neuralsvd, ("torch",), True),
+    "neuralsvd-default": (lambda s, seed: fit_neuralsvd(s, seed, defaults=True), ("torch",), True),
     "vampnet": (fit_vampnet, ("deeptime", "torch"), True),
     "contrastive": (fit_contrastive, ("kooplearn", "deeptime", "torch"), True),
     "tica": (lambda s, _seed: _fit_linear(s, "tica"), ("deeptime",), False),
