@@ -625,7 +625,9 @@ def _fit_linear(system: System, kind: str) -> Fit:
     t0 = time.perf_counter()
     model = cls(lagtime=system.lag, dim=system.modes, observable_transform=basis).fit(system.train).fetch_model()
     seconds = time.perf_counter() - t0
-    return Fit(lambda x: model.transform(x), np.sort(model.timescales())[::-1][: system.modes], seconds)
+    lagged = None if system.reversible else model.timelagged_obs  # VAMP's right singular functions
+    return Fit(lambda x: model.transform(x), np.sort(model.timescales())[::-1][: system.modes], seconds,
+               lagged_features=lagged)
 
 
 METHODS: dict[str, tuple[Callable[[System, int], Fit], tuple[str, ...], bool]] = {
