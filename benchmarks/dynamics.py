@@ -673,6 +673,13 @@ def score(system: System, fit: Fit, tolerance: float) -> dict:
         row["hausdorff_population"] = directed_hausdorff(pop, system.true_eigenvalues)
         row["hausdorff_empirical"] = directed_hausdorff(emp, system.true_eigenvalues)
         row["eigenvalues_population"] = [[float(v.real), float(v.imag)] for v in pop]
+        if fit.lagged_features is not None:  # the same read-out on the union of left and right functions
+            both = lambda x: np.concatenate([fit.features(x), fit.lagged_features(x)], axis=1)
+            pop2 = top_eigenvalues(*logistic_population_covariances(lambda x: both(system.embed(x)),
+                                                                    system.logistic_m), 3)
+            emp2 = top_eigenvalues(*logistic_empirical_covariances(both, system.test), 3)
+            row["hausdorff_population_left_right"] = directed_hausdorff(pop2, system.true_eigenvalues)
+            row["hausdorff_empirical_left_right"] = directed_hausdorff(emp2, system.true_eigenvalues)
         if fit.eigenvalues is not None:
             own = np.asarray(fit.eigenvalues)
             own = own[np.argsort(-np.abs(own), kind="stable")[:3]]
@@ -697,7 +704,8 @@ def summarize(rows: list[dict]) -> dict:
         out["right_fraction"] = float(np.mean([r["right_modes"] for r in rows]))
     if "timescale_rel_error" in rows[0]:
         out["max_timescale_error_median"] = float(np.median([max(r["timescale_rel_error"]) for r in rows]))
-    for key in ("subspace_distance", "hausdorff_population", "hausdorff_empirical", "hausdorff_own_readout"):
+    for key in ("subspace_distance", "hausdorff_population", "hausdorff_empirical", "hausdorff_own_readout",
+                "hausdorff_population_left_right", "hausdorff_empirical_left_right"):
         if key in rows[0]:
             out[key + "_mean"] = _mean(rows, key)
     return out
@@ -715,6 +723,9 @@ def print_row(system: str, method: str, s: dict) -> None:
         extra.append(f"H pop {s['hausdorff_population_mean']:.3f} emp {s['hausdorff_empirical_mean']:.3f}")
     if s.get("hausdorff_own_readout_mean") is not None:
         extra.append(f"own {s['hausdorff_own_readout_mean']:.3f}")
+    if s.get("hausdorff_population_left_right_mean") is not None:
+        extra.append(f"[1, f, g]: pop {s['hausdorff_population_left_right_mean']:.3f} "
+                     f"emp {s['hausdorff_empirical_left_right_mean']:.3f}")
     print(f"{system:15s} {method:17s} {s['seeds']:>5d} {_fmt(s['vamp2_mean'], '.4f'):>8} ±{s['vamp2_std']:.4f} "
           f"{_fmt(s.get('max_timescale_error_median'), '.3f'):>9} {_fmt(s.get('right_fraction'), '.2f'):>6} "
           f"{s['seconds_mean']:>7.1f}  {'; '.join(extra)}", flush=True)
