@@ -9,6 +9,7 @@ rank ``r`` holds ``m = N / (2P)`` points of the first half and ``m`` of the seco
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,11 +109,34 @@ def fit_steps(world: DataParallel, steps: int = 4) -> dict:
             "gain": model.output_gain.flatten().clone()}
 
 
+def trajectory_fit_steps(world: DataParallel, steps: int = 3, pairs: int = 8) -> dict:
+    """``fit`` on a reversible :class:`~neuralsvd.operators.TrajectoryOperator` (OU pairs, pinned constant,
+    float64), every batch this rank's share of fixed global batches of ``pairs`` lagged pairs (``2 pairs``
+    interleaved rows: with ``pairs / P`` even, each rank's halves hold whole pairs)."""
+    from neuralsvd.dynamics import OrnsteinUhlenbeck
+    from neuralsvd.operators import TrajectoryOperator
+
+    op = TrajectoryOperator(OrnsteinUhlenbeck([1.0, 0.5], 0.5).simulate(200, 2, seed=5), 1)
+    gen = torch.Generator().manual_seed(6)
+    batches = [op.sample(pairs, gen, torch.float64) for _ in range(steps + 1)]
+    calls = iter(batches)
+    op.sample = lambda n, generator, dtype: share(next(calls), world).to(dtype)
+    torch.manual_seed(0)
+    model = op.pinned_model(ParallelMLP(2, 2, hidden=(8,))).double()
+    with warnings.catch_warnings():  # 3 steps: the modes are far from converged, as expected
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=steps, batch_size=pairs, dtype=torch.float64,
+                          progress=False, eval_batches=1, distributed=world.active)
+    return {"params": [p.detach().clone() for p in result.model.parameters()], "loss": result.history["loss"]}
+
+
 def losses_worker(rank: int, world_size: int, out: str) -> None:
     world = DataParallel(world_size, rank, rank)
     results = {name: loss_steps(name, world) for name in LOSSES}
-    torch.save({**results, "fit": fit_steps(world)}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save({**results, "fit": fit_steps(world), "trajectory": trajectory_fit_steps(world)},
+               os.path.join(out, f"rank{rank}.pt"))
 
 
 def single_losses() -> dict:
-    return {**{name: loss_steps(name, SINGLE) for name in LOSSES}, "fit": fit_steps(SINGLE)}
+    return {**{name: loss_steps(name, SINGLE) for name in LOSSES}, "fit": fit_steps(SINGLE),
+            "trajectory": trajectory_fit_steps(SINGLE)}

@@ -272,3 +272,13 @@ def test_dynamics_smoke_neuralsvd_on_ou(tmp_path, capsys):
     assert 0.0 <= run["subspace_distance"] <= 1.0 and len(run["timescale_rel_error"]) == 5
     assert run["vamp2"] == pytest.approx(run["own_score"], abs=1e-6)  # our VAMP-2 is the estimator's score
     assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_trajectory_memory_does_not_grow_with_the_file(tmp_path):
+    """Training on a memory-mapped trajectory: the process's own memory (RssAnon) is the same for a 0.8 MB and
+    a 32 MB file (a copy of the data would add 32 MB)."""
+    bench = _load("trajectory_memory")
+    small, large = (bench.measure(frames, 20, tmp_path) for frames in (100_000, 4_000_000))
+    assert large["file_bytes"] > 30 * 2**20
+    assert large["rss_anon_kib"] - small["rss_anon_kib"] < 8 * 1024

@@ -67,6 +67,16 @@ def test_two_rank_fit_equals_one_process_fit_on_the_global_batches(two_rank_step
     assert not _close(single["fit"]["loss"][:1], single["fit"]["loss"][-1:])  # it trained
 
 
+def test_two_rank_trajectory_fit_equals_one_process_fit(two_rank_steps):
+    """The reversible trajectory operator (interleaved lagged pairs, partner rows as ``Tf``) through ``fit``."""
+    ranks, single = two_rank_steps
+    for rank in ranks:
+        for p, q in zip(rank["trajectory"]["params"], single["trajectory"]["params"]):
+            assert _close(p, q)
+        assert _close(rank["trajectory"]["loss"], single["trajectory"]["loss"])
+    assert not _close(single["trajectory"]["loss"][:1], single["trajectory"]["loss"][-1:])  # it trained
+
+
 def test_rank_seeds_are_distinct_and_rank_zero_keeps_the_seed():
     assert rank_seed(7, 0) == 7
     seeds = {rank_seed(s, r) for s in range(4) for r in range(8)}

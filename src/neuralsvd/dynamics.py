@@ -134,7 +134,7 @@ class LangevinDoubleWell:
     dim = 2
 
     def __init__(self, barrier: float = 1.0, stiffness: float = 2.0, curvature: float = 0.5, beta: float = 1.0,
-                 dt: float = 0.05, substeps: int = 50):
+                 dt: float = 0.05, substeps: int = 10):
         for name, value in (("barrier", barrier), ("stiffness", stiffness), ("beta", beta), ("dt", dt)):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -164,8 +164,8 @@ class LangevinDoubleWell:
 
     def simulate(self, num_frames: int, num_trajectories: int = 1, seed: int = 0,
                  dtype: np.dtype = np.float32) -> np.ndarray:
-        """``(N, T, 2)`` trajectories, each started in a well at random and equilibrated for ``100 / E_1``-ish
-        (1000 frames) before the first kept frame."""
+        """``(N, T, 2)`` trajectories, each started in a well at random and run for 1000 frames before the first
+        kept frame (equilibration)."""
         rng = np.random.default_rng(seed)
         step = self.dt / self.substeps
         noise = math.sqrt(2 * step / self.beta)

@@ -30,6 +30,11 @@ from .result import FitResult
 __all__ = ["KoopmanModel", "koopman_matrix", "koopman_model", "lagged_frames", "sorted_eigenvalues", "vamp_score"]
 
 
+def _numpy(x: Any) -> np.ndarray:
+    """A tensor or array-like as a float64 numpy array."""
+    return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+
+
 def _inv_sqrt(c: np.ndarray, epsilon: float) -> np.ndarray:
     """``C^{-1/2}`` on the eigen-directions of ``C`` above ``epsilon`` (deeptime's ``spd_inv_sqrt``)."""
     w, v = np.linalg.eigh(0.5 * (c + c.T))
@@ -40,8 +45,7 @@ def _inv_sqrt(c: np.ndarray, epsilon: float) -> np.ndarray:
 def vamp_score(f: Any, g: Any, r: int = 2, epsilon: float = 1e-10) -> float:
     """VAMP-``r`` (module docstring; ``+1`` for the constant included) of ``f (n, L)`` at ``x_t`` and
     ``g (n, L)`` at ``x_{t+τ}`` (numpy or torch)."""
-    f = np.asarray(torch.as_tensor(f).detach().cpu().double())
-    g = np.asarray(torch.as_tensor(g).detach().cpu().double())
+    f, g = _numpy(f), _numpy(g)
     if f.ndim != 2 or f.shape[0] != g.shape[0] or f.shape[0] < 2:
         raise ValueError(f"vamp_score needs f (n, L) and g (n, L') on the same n >= 2 pairs, got {f.shape}, {g.shape}")
     f, g = f - f.mean(0), g - g.mean(0)
@@ -54,16 +58,11 @@ def vamp_score(f: Any, g: Any, r: int = 2, epsilon: float = 1e-10) -> float:
 def koopman_matrix(f: Tensor | np.ndarray, f_lagged: Tensor | np.ndarray, rcond: float = 1e-10) -> np.ndarray:
     """The least-squares Koopman matrix ``C00⁺ C01`` ``(L+1, L+1)`` of the dictionary ``[1, f]`` from its values
     ``f (n, L)`` at ``x_t`` and ``f_lagged (n, L)`` at ``x_{t+τ}`` (module docstring)."""
-    f = np.asarray(torch.as_tensor(f).detach().cpu().double())
-    f_lagged = np.asarray(torch.as_tensor(f_lagged).detach().cpu().double())
+    f, f_lagged = _numpy(f), _numpy(f_lagged)
     ones = np.ones((f.shape[0], 1))
     psi0, psi1 = np.hstack([ones, f]), np.hstack([ones, f_lagged])
     n = f.shape[0]
     return np.linalg.pinv(psi0.T @ psi0 / n, rcond=rcond, hermitian=True) @ (psi0.T @ psi1 / n)
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return np.asarray(torch.as_tensor(x).detach().cpu().double())
 
 
 class KoopmanModel:
@@ -108,14 +107,10 @@ class KoopmanModel:
         """deeptime's form: the first ``k`` implied timescales (in steps) at ``lagtime`` (default the model's)."""
         return implied_timescales(self.singular_values_, lagtime or self.lagtime)[:k]
 
-    @property
-    def dim(self) -> int:
-        return self.singular_values_.shape[0]
-
     def _raw(self, x: Any, lagged: bool) -> np.ndarray:
         """The functions before standardization, ``(n, L)``."""
         module = self._right if lagged else self._left
-        t = torch.as_tensor(x).double()
+        t = x.detach().double() if isinstance(x, Tensor) else torch.from_numpy(np.array(x, dtype=np.float64))
         if t.ndim == 1:
             t = t.unsqueeze(1)
         with torch.no_grad():
@@ -153,6 +148,9 @@ class _WithoutConstant(nn.Module):
     def __init__(self, result: FitResult, right: bool):
         super().__init__()
         self.functions = Eigenfunctions(result, right)
+        # trajectory operators map model outputs to functions as they are: drop the operator (and with it a
+        # reference to the training data), so that the model pickles small
+        self.functions.operator = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.functions(x)[:, 1:]

@@ -30,6 +30,11 @@ def _graph() -> operators.GraphOperator:
     return operators.GraphOperator(a)
 
 
+def _walks() -> np.ndarray:
+    """3 trajectories of 300 frames in 2D, ``(3, 300, 2)``."""
+    return 0.1 * np.random.default_rng(6).normal(size=(3, 300, 2)).cumsum(1)
+
+
 def _schrodinger_rule(op: operators.Schrodinger) -> quadrature.Quadrature:
     """A Lebesgue box rule turned into ``L²(p)`` weights (``E_p[a b] = Σ w_dx p a b``)."""
     rule = quadrature.box([9.0] * op.dim, panels=12, nodes=16)
@@ -57,6 +62,10 @@ CASES = {
     "PairedSamples": (lambda: operators.PairedSamples(*torch.randn(2, 200, 2, generator=torch.Generator().manual_seed(4),
                                                                    dtype=F64)), 1e-12, None),
     "GaussianPairs": (lambda: operators.GaussianPairs.bivariate(0.6, proposal_scale=1.5), 1e-12, 0.05),
+    # lagged pairs of 3 random-walk trajectories: exactly symmetric (reversible) / adjoint (SVD) on the pairs
+    "TrajectoryOperator": (lambda: operators.TrajectoryOperator(_walks(), 3), 1e-12, None),
+    "TrajectoryOperator-nonreversible": (lambda: operators.TrajectoryOperator(_walks(), 3, reversible=False),
+                                         1e-12, None),
 }
 
 

@@ -23,7 +23,16 @@ from . import dynamics_presets  # noqa: F401
 
 # isort: split
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, fit_options
-from .registry import METHODS, PROBLEMS, build_model, get_problem, loss_modes, make_loss, make_model, make_operator
+from .registry import (
+    METHODS,
+    PROBLEMS,
+    build_model,
+    get_problem,
+    loss_modes,
+    make_loss,
+    make_model,
+    make_operator,
+)
 from .run import run
 
 __all__ = [

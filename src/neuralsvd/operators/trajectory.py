@@ -150,10 +150,6 @@ class Trajectories:
     def lengths(self) -> list[int]:
         return [b.length for b in self.blocks for _ in range(b.count)]
 
-    @property
-    def num_frames(self) -> int:
-        return sum(b.count * b.length for b in self.blocks)
-
     def num_pairs(self, lag: int) -> int:
         """Valid lagged pairs ``Σ_i max(T_i - lag, 0)``."""
         return sum(b.num_pairs(lag) for b in self.blocks)
