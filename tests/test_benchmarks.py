@@ -155,6 +155,125 @@ def test_output_conditioning_smoke(tmp_path, capsys):
         assert sum(w) + rest == pytest.approx(1.0, abs=1e-12) and rest > -1e-9 and r >= 1
 
 
+# ---- benchmarks/dynamics.py: its reference solvers against closed forms and independent discretizations
+
+
+def test_dynamics_generator_1d_matches_ou_closed_form():
+    """The 1D generator solver on ``V = θx²/2`` (D = 1) returns the OU eigenvalues ``-kθ``."""
+    import numpy as np
+
+    bench = _load("dynamics")
+    theta = 1.7
+    lam = bench.generator_1d_eigenvalues(lambda x: 0.5 * theta * x**2, 1.0, -8.0, 8.0, 5, n=1000)
+    assert np.allclose(lam, -theta * np.arange(5), rtol=1e-6, atol=1e-9)
+    # a double well is not exactly solvable; the extrapolated value agrees with a 4x finer unextrapolated grid
+    dw = lambda x: (x**2 - 1) ** 2
+    fine = bench._sqra_eigenvalues(dw, 0.25, -3.0, 3.0, 16000, 3)
+    assert np.allclose(bench.generator_1d_eigenvalues(dw, 0.25, -3.0, 3.0, 3, n=2000)[1:], fine[1:], rtol=1e-5)
+
+
+def test_dynamics_ou_reference_and_exact_sampler():
+    """OU preset: reference timescales are the closed form ``1/(Δt Σ k_i θ_i)``, the Hermite functions are
+    orthonormal under the stationary law, and on the simulated trajectory each one decays by its σ per lag."""
+    import numpy as np
+
+    bench = _load("dynamics")
+    system = bench.make_ou(1.0)
+    rates = np.array([1.0, 1.3, 2.0, 2.3, 2.6])  # (1,0), (0,1), (2,0), (1,1), (0,2) for θ = (1, 1.3)
+    assert np.allclose(system.timescales, 1 / (rates * 0.5), rtol=1e-12)
+    assert np.allclose(system.sigma, np.exp(-rates * 0.5 * system.lag), rtol=1e-12)
+    psi = system.eigenfunctions(system.stationary)
+    assert np.allclose(psi.T @ psi / len(psi), np.eye(5), atol=0.03)
+    x = np.concatenate([system.eigenfunctions(t[:-system.lag]) for t in system.train])
+    y = np.concatenate([system.eigenfunctions(t[system.lag:]) for t in system.train])
+    assert np.allclose((x * y).mean(0) / (x * x).mean(0), system.sigma, atol=0.03)
+    # closed-form VAMP-2 of the true eigenfunctions: 1 + Σ σ²
+    assert bench.vamp2(system.eigenfunctions, system.test, system.lag) == pytest.approx(
+        1 + np.sum(system.sigma**2), abs=0.05)
+
+
+def test_dynamics_logistic_reference_against_ulam_and_population_covariances():
+    """The noisy logistic map's eigenvalues from the (2M+1)² matrix agree with an Ulam discretization of
+    its transition kernel; the least-squares operator on an invariant span recovers them exactly from the
+    population covariances, and approximately from a simulated trajectory."""
+    import numpy as np
+
+    bench = _load("dynamics")
+    m = 10
+    true = bench.logistic_eigenvalues(m)
+    n = 800
+    x = (np.arange(n) + 0.5) / n
+    z = (x[None, :] - bench.logistic_map(x)[:, None] + 0.5) % 1 - 0.5
+    kernel = np.cos(np.pi * z) ** (2 * m)
+    ulam = np.linalg.eigvals(kernel / kernel.sum(1, keepdims=True))
+    ulam = ulam[np.argsort(-np.abs(ulam))]
+    assert np.allclose(ulam[:5], true[:5], atol=1e-6)
+    assert abs(true[0] - 1) < 1e-10 and abs(true[1]) > 0.2 and true[1].imag != 0  # a complex pair: not normal
+
+    # span(1, α_1..α_2M) = span(α_0..α_2M) is invariant under the Koopman operator
+    alphas = lambda u: np.stack([bench.logistic_noise_feature(bench.logistic_map(u[:, 0]), i, m)
+                                 for i in range(1, 2 * m + 1)], axis=1)
+    pop = bench.top_eigenvalues(*bench.logistic_population_covariances(alphas, m), 3)
+    assert bench.directed_hausdorff(pop, true[:3]) < 1e-8
+    traj = bench.simulate_logistic(m, 20_000, np.random.default_rng(0))[:, None]
+    emp = bench.top_eigenvalues(*bench.logistic_empirical_covariances(alphas, [traj]), 3)
+    assert bench.directed_hausdorff(emp, true[:3]) < 0.05
+    assert bench.directed_hausdorff(np.array([1, 5, 6]), np.array([2, 4, 7])) == 1.0  # kooplearn's example
+
+
+def test_dynamics_logistic_reference_matches_kooplearn():
+    kooplearn = pytest.importorskip("kooplearn.datasets")
+    import numpy as np
+
+    bench = _load("dynamics")
+    theirs = kooplearn.compute_logistic_map_eig(M=10)
+    theirs = theirs[np.argsort(-np.abs(theirs))]
+    assert np.allclose(bench.logistic_eigenvalues(10)[:6], theirs[:6], atol=1e-6)
+
+
+def test_dynamics_vamp2_matches_deeptime():
+    pytest.importorskip("deeptime")
+    from deeptime.decomposition import VAMP
+
+    bench = _load("dynamics")
+    system = bench.make_ou(0.25)
+    model = VAMP(lagtime=system.lag, observable_transform=system.eigenfunctions).fit(system.test).fetch_model()
+    assert bench.vamp2(system.eigenfunctions, system.test, system.lag) == pytest.approx(model.score(2), rel=1e-6)
+
+
+def test_dynamics_skips_missing_peers(monkeypatch, capsys, tmp_path):
+    """Without deeptime/kooplearn the peers and the systems simulated by deeptime are skipped, not failed."""
+    bench = _load("dynamics")
+    real = bench.has
+    monkeypatch.setattr(bench, "has", lambda p: p not in ("deeptime", "kooplearn") and real(p))
+    out = tmp_path / "d.json"
+    assert bench.main(["--systems", "ou,prinz", "--methods", "vampnet,tica", "--seeds", "0", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "command: python benchmarks/dynamics.py" in printed
+    lines = [line.split() for line in printed.splitlines()]
+    assert ["prinz", "skipped:", "deeptime", "not", "installed"] in lines
+    assert ["ou", "vampnet", "skipped:", "deeptime", "not", "installed"] in lines
+    assert ["ou", "tica", "skipped:", "deeptime", "not", "installed"] in lines
+    assert json.loads(out.read_text())["systems"]["ou"]["methods"] == {}
+
+
+def test_dynamics_smoke_neuralsvd_on_ou(tmp_path, capsys):
+    """A few NeuralKoopman steps on the OU system: the table, the command, every score in its range."""
+    bench = _load("dynamics")
+    out = tmp_path / "d.json"
+    assert bench.main(["--systems", "ou", "--methods", "neuralsvd", "--seeds", "0", "1", "--seeds-for", "neuralsvd=1",
+                       "--scale", "0.05", "--epochs-scale", "0.2", "--json", str(out),
+                       "--plot", str(tmp_path / "d.png")]) == 0
+    assert "command: python benchmarks/dynamics.py" in capsys.readouterr().out
+    res = json.loads(out.read_text())["systems"]["ou"]
+    assert res["steps"] == 2 * 10  # 2 epochs of 2495 pairs at batch 256
+    (run,) = res["methods"]["neuralsvd"]["runs"]
+    assert 1.0 <= run["vamp2"] <= 1 + res["modes"] and len(run["timescales"]) == res["modes"] == 5
+    assert 0.0 <= run["subspace_distance"] <= 1.0 and len(run["timescale_rel_error"]) == 5
+    assert run["vamp2"] == pytest.approx(run["own_score"], abs=1e-6)  # our VAMP-2 is the estimator's score
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_trajectory_memory_does_not_grow_with_the_file(tmp_path):
     """Training on a memory-mapped trajectory: the process's own memory (RssAnon) is the same for a 0.8 MB and

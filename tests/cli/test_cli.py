@@ -126,7 +126,7 @@ def test_envelope_scale_overrides_and_spread_prior():
 def test_data_problems_run_end_to_end(problem, overrides, field, tmp_path):
     config = get_problem(problem).default_config().with_overrides(overrides + ["train.eval_batches=2"])
     metrics = run(config, tmp_path, progress=False, echo=lambda s: None)
-    assert metrics["status"] == "ok" and field in metrics
+    assert metrics["status"] in ("ok", "unconverged") and field in metrics  # 5 steps: finished
     for name in ("metrics.json", "eigenfunctions.png", "config.json", "checkpoint.pt"):
         assert (tmp_path / name).stat().st_size > 0
 

@@ -56,7 +56,7 @@ def test_json_is_the_runs_metrics_records(comparison):
     out, records = comparison
     assert [r["method"] for r in records] == [*ALL_FOUR, "broken", "nan"]
     for record in records[:4]:
-        assert record["status"] == "ok"
+        assert record["status"] in ("ok", "unconverged")  # 20 steps: finished
         assert record == json.loads((out / f"{record['method']}-seed0" / "metrics.json").read_text())
         assert all(np.isfinite(record[k]) for k in METRICS), record["method"]
         assert [record[k] for k in ("problem", "modes", "steps", "seed")] == ["oscillator", 3, 20, 0]

@@ -122,7 +122,7 @@ def test_torchrun_cli_run_rank_zero_writes_and_ranks_sample_apart(tmp_path):
     assert not list(out.glob("*.tmp*"))
     assert proc.stdout.count("outputs written to") == 1  # only rank 0 reports (and writes)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and metrics["batch_size"] == 32
+    assert metrics["status"] in ("ok", "unconverged") and metrics["batch_size"] == 32
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     # each rank drew its 16 points per step from its own stream: replay the streams
@@ -198,7 +198,8 @@ def test_compare_jobs_gives_the_records_of_a_sequential_run(tmp_path):
     timing = ("wall_seconds", "steps_per_second")
     runs = [compare(config, methods, tmp_path / f"jobs{j}", jobs=j, echo=lambda _: None) for j in (1, 2)]
     for rec in runs:
-        assert [(r["method"], r["seed"], r["status"]) for r in rec] == [(m, 0, "ok") for m in methods]
+        assert [(r["method"], r["seed"]) for r in rec] == [(m, 0) for m in methods]
+        assert all(r["status"] in ("ok", "unconverged") for r in rec)  # 20 steps: finished
     strip = [[{k: v for k, v in r.items() if k not in timing} for r in rec] for rec in runs]
     assert strip[0] == strip[1]
     assert (tmp_path / "jobs2" / "comparison.md").exists()
