@@ -148,10 +148,10 @@ def test_score_descending_and_near_zero_levels():
 
 def test_tables_count_runs():
     rows = [{"problem": "p", "method": "m", "size": "default", "seed": s, "success": s == 0, "max_error": 0.1 * s,
-             "seconds": 2.0, "status": "ok", "failures": [], "warnings": []} for s in range(3)]
+             "seconds": 2.0, "cpu_seconds": 1.5, "status": "ok", "failures": [], "warnings": []} for s in range(3)]
     assert bench.summary(rows)[0] == {"method": "m", "size": "default", "runs": 3, "successes": 1,
                                       "success_rate": pytest.approx(1 / 3), "median_error": pytest.approx(0.1),
-                                      "median_seconds": 2.0}
+                                      "median_seconds": 2.0, "median_cpu_seconds": 1.5}
     assert "| p | 1/3 |" in bench.problem_table(rows)
 
 
