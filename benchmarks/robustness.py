@@ -76,7 +76,8 @@ class Problem:
     dim: int
     modes: int
     build_operator: Callable[[], Any]
-    reference: Callable[[], tuple[np.ndarray, np.ndarray]]  # (levels (L,), error bound (L,)), sorted as `ascending`
+    # reference(verify=False) -> (levels (L,), error bound (L,)), sorted as `ascending`; verify: finer grid, wider box
+    reference: Callable[..., tuple[np.ndarray, np.ndarray]]
     how: str  # how the reference is computed
     setting: str = ""  # shift and sampler, as passed
     ascending: bool = True  # energies (ascending) or top eigenvalues (descending)
@@ -91,7 +92,7 @@ def _exact(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _schrodinger(name: str, formula: str, potential: Formula, dim: int, modes: int, shift: float, std: float | None,
-                 reference: Callable[[], tuple[np.ndarray, np.ndarray]], how: str,
+                 reference: Callable[..., tuple[np.ndarray, np.ndarray]], how: str,
                  axes: tuple[Formula, ...] = ()) -> Problem:
     def build():
         sampler = None if std is None else nsvd.sampling.Gaussian(dim=dim, std=std)
@@ -102,8 +103,11 @@ def _schrodinger(name: str, formula: str, potential: Formula, dim: int, modes: i
                    potential=potential, axes=axes)
 
 
-def _fd1(axis: Formula, modes: int, half_width: float, center: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    return ref.fd_levels_1d(lambda t: axis(t[:, None], np), modes, half_width, center=center)
+def _fd1(axis: Formula, modes: int, half_width: float, center: float = 0.0,
+         verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """1D FD levels; ``verify``: twice the points on a box 2 wider on each side (the verification)."""
+    return ref.fd_levels_1d(lambda t: axis(t[:, None], np), modes, half_width + 2 * verify,
+                            points=4000 * (1 + verify), center=center)
 
 
 def _separable(axes: Sequence[tuple[np.ndarray, np.ndarray]], modes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +116,30 @@ def _separable(axes: Sequence[tuple[np.ndarray, np.ndarray]], modes: int) -> tup
     return levels, np.full(modes, sum(float(e.max()) for _, e in axes))
 
 
-def _fd2(potential: Formula, modes: int, half_width: float) -> tuple[np.ndarray, np.ndarray]:
-    return ref.fd_levels_2d(lambda x: potential(x, np), modes, half_width)
+def _fd2(potential: Formula, modes: int, half_width: float, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """2D FD levels; ``verify``: 1.5 times the points on a box 1.5 wider on each side (the verification)."""
+    return ref.fd_levels_2d(lambda x: potential(x, np), modes, half_width + 1.5 * verify,
+                            points=120 + 60 * verify)
+
+
+def _oscillator(verify: bool, omegas: Sequence[float], modes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Closed form; ``verify``: 1D FD per axis, tensor-summed."""
+    if not verify:
+        return _exact(ref.oscillator_levels(omegas, modes))
+    return _separable([_fd1(_x2(0, w), modes, 8.0 / w ** 0.5) for w in omegas], modes)
+
+
+def _hydrogen_radial(charge: float, modes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``-Δ - Z/|x|`` in 3D from radial FD (``u = r R``, Dirichlet at 0): ``l = 0, 1, 2`` with ``2l + 1`` states each."""
+    radial = 80.0
+    levels = []
+    for ang in range(3):
+        def v(t: np.ndarray, ang: int = ang) -> np.ndarray:
+            return -charge / t + ang * (ang + 1) / t**2
+
+        found, _ = ref.fd_levels_1d(v, modes, radial / 2, points=20000, center=radial / 2)
+        levels += [e for e in found if e < 0 for _ in range(2 * ang + 1)]
+    return _exact(np.sort(levels)[:modes])
 
 
 # ------------------------------------------------------------------ potentials (x (n, d), m = torch or numpy)
@@ -172,7 +198,7 @@ def _kernel_problem(name: str, kernel: str, gamma: float, stds: Sequence[float],
         k = {"rbf": nsvd.operators.kernels.RBF, "laplacian": nsvd.operators.kernels.Laplacian}[kernel](gamma)
         return nsvd.operators.KernelOperator(k, torch.as_tensor(data))
 
-    def reference():
+    def reference(verify: bool = False):
         diff = data[:, None, :] - data[None, :, :]
         dist = (diff**2).sum(-1) if kernel == "rbf" else np.abs(diff).sum(-1)
         return _exact(ref.top_eigenvalues(np.exp(-gamma * dist) / n, modes))
@@ -200,7 +226,7 @@ def _graph_problem(name: str, n: int, radius: float, modes: int, seed: int) -> P
     def build():
         return nsvd.operators.GraphOperator(adjacency, features=torch.as_tensor(points, dtype=torch.float32))
 
-    def reference():
+    def reference(verify: bool = False):
         inv = 1 / np.sqrt(adjacency.sum(1))
         return _exact(ref.top_eigenvalues(inv[:, None] * adjacency * inv[None, :], modes))
 
@@ -220,7 +246,7 @@ def _dense_problem(name: str, n: int, top: Sequence[float], modes: int, seed: in
         return nsvd.operators.DenseOperator(torch.as_tensor(matrix))
 
     return Problem(name, f"{n}×{n} symmetric, top eigenvalues {tuple(top)}, the rest uniform in [-1, 1]", 1, modes,
-                   build, lambda: _exact(ref.top_eigenvalues(matrix, modes)), "numpy eigh", "Tabular model",
+                   build, lambda verify=False: _exact(ref.top_eigenvalues(matrix, modes)), "numpy eigh", "Tabular model",
                    ascending=False, model="tabular", sizes=("default",))
 
 
@@ -231,32 +257,36 @@ def _main_suite() -> list[Problem]:
     dw, x1 = _dw(0, 4.0), _x2(1)
     return [
         s("double-well-2d", "4(x0²−1)² + x1²", _sum(dw, x1), 2, 4, 9.0, 2.0,
-          lambda: _separable([_fd1(dw, 4, 6.0), _exact(ref.oscillator_levels([1.0], 4))], 4),
+          lambda verify=False: _separable([_fd1(dw, 4, 6.0, verify=verify), _exact(ref.oscillator_levels([1.0], 4))], 4),
           "1D FD ⊕ oscillator", axes=(dw, x1)),
-        s("asym-double-well-1d", "3(x²−1)² + 0.8x", _ADW, 1, 4, 14.0, 1.5, lambda: _fd1(_ADW, 4, 6.0), "1D FD"),
+        s("asym-double-well-1d", "3(x²−1)² + 0.8x", _ADW, 1, 4, 14.0, 1.5, lambda verify=False: _fd1(_ADW, 4, 6.0, verify=verify), "1D FD"),
         s("quartic-2d", "x0⁴ + x1⁴", _sum(_QUARTIC(0), _QUARTIC(1)), 2, 4, 10.0, 1.5,
-          lambda: _separable([_fd1(_QUARTIC(0), 4, 6.0)] * 2, 4), "1D FD ⊕ 1D FD", axes=(_QUARTIC(0), _QUARTIC(1))),
-        s("anharmonic-1d", "x² + 0.1x⁴", _ANH, 1, 5, 13.0, None, lambda: _fd1(_ANH, 5, 8.0), "1D FD"),
-        s("cubic-quartic-1d", "x² + 0.3x³ + 0.1x⁴", _CQ, 1, 4, 9.0, 2.0, lambda: _fd1(_CQ, 4, 8.0), "1D FD"),
+          lambda verify=False: _separable([_fd1(_QUARTIC(0), 4, 6.0, verify=verify)] * 2, 4), "1D FD ⊕ 1D FD", axes=(_QUARTIC(0), _QUARTIC(1))),
+        s("anharmonic-1d", "x² + 0.1x⁴", _ANH, 1, 5, 13.0, None, lambda verify=False: _fd1(_ANH, 5, 8.0, verify=verify), "1D FD"),
+        s("cubic-quartic-1d", "x² + 0.3x³ + 0.1x⁴", _CQ, 1, 4, 9.0, 2.0, lambda verify=False: _fd1(_CQ, 4, 8.0, verify=verify), "1D FD"),
         s("sech2-2d", "−12 sech²(x0) + x1²", _sum(_sech2(0, 12.0), x1), 2, 4, -1.0, 2.0,
-          lambda: _separable([_exact(ref.poschl_teller_levels(3.0, 3)), _exact(ref.oscillator_levels([1.0], 4))], 4),
+          lambda verify=False: _separable([_fd1(_sech2(0, 12.0), 3, 12.0), _fd1(_x2(0), 4, 8.0)] if verify else
+                                          [_exact(ref.poschl_teller_levels(3.0, 3)), _exact(ref.oscillator_levels([1.0], 4))], 4),
           "closed form (Pöschl–Teller λ=3 ⊕ oscillator)", axes=(_sech2(0, 12.0), x1)),
         s("poschl-teller-1d", "−20 sech²(x)", _sech2(0, 20.0), 1, 3, -2.0, 1.5,
-          lambda: _exact(ref.poschl_teller_levels(4.0, 3)), "closed form −(4−n)²"),
+          lambda verify=False: _fd1(_sech2(0, 20.0), 3, 12.0) if verify else _exact(ref.poschl_teller_levels(4.0, 3)),
+          "closed form −(4−n)²"),
         s("morse-1d", "16(1−e^(−x))²", _morse(0, 16.0, 1.0), 1, 3, 15.0, 1.5,
-          lambda: _exact(ref.morse_levels(16.0, 1.0, 3)), "closed form 16 − (3.5−n)²"),
+          lambda verify=False: _fd1(_morse(0, 16.0, 1.0), 3, 7.0, 2.5) if verify else _exact(ref.morse_levels(16.0, 1.0, 3)),
+          "closed form 16 − (3.5−n)²"),
         s("hydrogen-3d", "−2/|x| (3D)", _HYDROGEN, 3, 5, 0.0, 3.0,
-          lambda: _exact(ref.hydrogen3d_levels(2.0, 5)), "closed form −Z²/(4n²), n² states"),
+          lambda verify=False: _hydrogen_radial(2.0, 5) if verify else _exact(ref.hydrogen3d_levels(2.0, 5)),
+          "closed form −Z²/(4n²), n² states"),
         s("aniso-1.7-2d", "x0² + (1.7x1)²", _sum(_x2(0), _x2(1, 1.7)), 2, 3, 8.0, 2.0,
-          lambda: _exact(ref.oscillator_levels([1.0, 1.7], 3)), "closed form Σ ω(2n+1)"),
+          lambda verify=False: _oscillator(verify, [1.0, 1.7], 3), "closed form Σ ω(2n+1)"),
         s("aniso-5-2d", "x0² + 25x1²", _sum(_x2(0), _x2(1, 5.0)), 2, 4, 14.0, 1.5,
-          lambda: _exact(ref.oscillator_levels([1.0, 5.0], 4)), "closed form Σ ω(2n+1)"),
+          lambda verify=False: _oscillator(verify, [1.0, 5.0], 4), "closed form Σ ω(2n+1)"),
         s("coupled-4d", "xᵀAx, A = I + 0.3 (chain)", _quadratic_form(_COUPLED_4D), 4, 4, 7.5, None,
-          lambda: _exact(ref.normal_mode_levels(_COUPLED_4D, 4)), "closed form via normal modes ω = √eig A"),
+          lambda verify=False: _exact(ref.normal_mode_levels(_COUPLED_4D, 4)), "closed form via normal modes ω = √eig A"),
         s("coupled-2d", "x0² + x1² + 0.8x0x1 + 0.2x0²x1²", _COUPLED, 2, 4, 7.0, 2.0,
-          lambda: _fd2(_COUPLED, 4, 7.0), "2D FD (eigsh)"),
+          lambda verify=False: _fd2(_COUPLED, 4, 7.0, verify=verify), "2D FD (eigsh)"),
         s("henon-heiles-2d", "x0² + x1² + 0.5(x0²x1 − x1³/3) + 0.05(x0²+x1²)²", _HENON, 2, 4, 8.0, 2.0,
-          lambda: _fd2(_HENON, 4, 7.0), "2D FD (eigsh)"),
+          lambda verify=False: _fd2(_HENON, 4, 7.0, verify=verify), "2D FD (eigsh)"),
         _kernel_problem("rbf-kernel-2d", "rbf", 0.5, (1.0, 0.5), 1500, 4, seed=1),
         _graph_problem("radius-graph", 300, 0.25, 4, seed=2),
         _dense_problem("dense-matrix", 200, (5.0, 4.0, 3.2, 2.5, 2.0), 4, seed=3),
@@ -269,18 +299,20 @@ def _holdout_suite() -> list[Problem]:
     pa, pb = _sech2(0, 6.0), _sech2(1, 6.0)
     return [
         s("double-well-3d", "5(x0²−1)² + x1² + 2.25x2²", _sum(dw5, x1, x2), 3, 4, 10.0, 2.0,
-          lambda: _separable([_fd1(dw5, 4, 6.0), _exact(ref.oscillator_levels([1.0], 4)),
+          lambda verify=False: _separable([_fd1(dw5, 4, 6.0, verify=verify), _exact(ref.oscillator_levels([1.0], 4)),
                               _exact(ref.oscillator_levels([1.5], 4))], 4), "1D FD ⊕ oscillators", axes=(dw5, x1, x2)),
-        s("sextic-1d", "x² + 0.05x⁶", _SEXTIC, 1, 4, 11.0, 1.5, lambda: _fd1(_SEXTIC, 4, 6.0), "1D FD"),
+        s("sextic-1d", "x² + 0.05x⁶", _SEXTIC, 1, 4, 11.0, 1.5, lambda verify=False: _fd1(_SEXTIC, 4, 6.0, verify=verify), "1D FD"),
         s("sech2-pair-2d", "−6 sech²(x0) − 6 sech²(x1)", _sum(pa, pb), 2, 3, -4.5, 2.0,
-          lambda: _separable([_exact(ref.poschl_teller_levels(2.0, 2))] * 2, 3),
+          lambda verify=False: _separable([_fd1(_sech2(0, 6.0), 2, 12.0) if verify else
+                                           _exact(ref.poschl_teller_levels(2.0, 2))] * 2, 3),
           "closed form (Pöschl–Teller λ=2 ⊕ itself)", axes=(pa, pb)),
         s("aniso-3-2d", "x0² + 9x1²", _sum(_x2(0), _x2(1, 3.0)), 2, 3, 9.5, None,
-          lambda: _exact(ref.oscillator_levels([1.0, 3.0], 3)), "closed form Σ ω(2n+1)"),
+          lambda verify=False: _oscillator(verify, [1.0, 3.0], 3), "closed form Σ ω(2n+1)"),
         s("coupled-2d-b", "x0² + 2x1² − 0.6x0x1 + 0.1x0⁴", _COUPLED_B, 2, 4, 8.0, 1.5,
-          lambda: _fd2(_COUPLED_B, 4, 7.0), "2D FD (eigsh)"),
+          lambda verify=False: _fd2(_COUPLED_B, 4, 7.0, verify=verify), "2D FD (eigsh)"),
         s("morse-1d-b", "9(1−e^(−0.75x))²", _morse(0, 9.0, 0.75), 1, 3, 8.5, 2.0,
-          lambda: _exact(ref.morse_levels(9.0, 0.75, 3)), "closed form 9 − 0.5625(4−n−½)²"),
+          lambda verify=False: _fd1(_morse(0, 9.0, 0.75), 3, 9.0, 3.0) if verify else _exact(ref.morse_levels(9.0, 0.75, 3)),
+          "closed form 9 − 0.5625(4−n−½)²"),
         _kernel_problem("laplace-kernel-1d", "laplacian", 1.0, (1.0,), 1500, 4, seed=4),
     ]
 
@@ -501,6 +533,18 @@ def _fit_kwargs(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _verify(suite: dict[str, Problem]) -> int:
+    """Each grid reference against a finer grid on a wider box: the largest relative change."""
+    print("| problem | reference | levels | error bound (Richardson) | relative change vs the check (FD: finer grid, wider box; closed form: FD) |")
+    print("|---|---|---|---|---|")
+    for name, p in suite.items():
+        levels, bound = p.reference()
+        finer, _ = p.reference(verify=True)
+        change = np.abs(finer - levels).max() / np.abs(levels).max()
+        print(f"| {name} | {p.how} | {np.array2string(levels, precision=5)} | {bound.max():.1e} | {change:.1e} |")
+    return 0
+
+
 def _report(rows: Sequence[dict[str, Any]]) -> None:
     print(summary_table(rows))
     print()
@@ -542,6 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"problems {','.join(QUICK)}, fewer modes, one seed, small budget")
     parser.add_argument("--load", nargs="+", default=None, metavar="JSON",
                         help="run nothing: merge the runs of these --json files into the tables, --json and --plot")
+    parser.add_argument("--verify", action="store_true",
+                        help="run nothing: each reference against its check (FD: finer grid, wider box; closed form: FD)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
@@ -549,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.load:
         return _merge(args.load, args.json, args.plot)
     suite = problems(args.suite)
+    if args.verify:
+        return _verify(suite)
     names = (args.problems.split(",") if args.problems else list(QUICK) if args.quick else list(suite))
     unknown = [n for n in names if n not in suite]
     if unknown:
