@@ -416,12 +416,20 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             **score(levels, spec.reference, ratio, problem.ascending)}
 
 
+def _progress(row: dict[str, Any]) -> dict[str, Any]:
+    err = "failed" if row["max_error"] is None else f"error {row['max_error']:.2e}"
+    print(f"  {row['problem']} {row['method']} {row['size']} seed {row['seed']}: "
+          f"{'ok' if row['success'] else 'FAIL'} ({err}, {row['cpu_seconds']:.0f} s CPU)", flush=True)
+    return row
+
+
 def _run_all(specs: list[RunSpec], jobs: int) -> list[dict[str, Any]]:
+    """The runs' rows in order (here, or in ``jobs`` spawned one-thread workers), each announced when done."""
     if jobs == 1:
-        return [run_one(s) for s in specs]
+        return [_progress(run_one(s)) for s in specs]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        return list(pool.map(run_one, specs))
+        return [_progress(row) for row in pool.map(run_one, specs)]
 
 
 # ------------------------------------------------------------------ tables and figure
