@@ -121,6 +121,17 @@ def test_shift_is_above_every_wanted_level(suite):
         assert p.build_operator().shift > levels.max(), p.name
 
 
+@pytest.mark.parametrize("suite", ["main", "holdout"])
+def test_closed_forms_agree_with_their_fd_check(suite):
+    """``reference(verify=True)`` of a closed-form problem is an FD solve (per axis; hydrogen: radial)."""
+    checked = 0
+    for p in bench.problems(suite).values():
+        if p.how.startswith("closed form") and p.dim <= 3 and "normal modes" not in p.how:
+            np.testing.assert_allclose(p.reference(verify=True)[0], p.reference()[0], rtol=1e-6, atol=1e-6)
+            checked += 1
+    assert checked >= 3
+
+
 # ---------------------------------------------------------------- the success rule
 
 @pytest.mark.parametrize(("levels", "ratio", "success", "failed"), [
@@ -153,6 +164,23 @@ def test_tables_count_runs():
                                       "success_rate": pytest.approx(1 / 3), "median_error": pytest.approx(0.1),
                                       "median_seconds": 2.0, "median_cpu_seconds": 1.5}
     assert "| p | 1/3 |" in bench.problem_table(rows)
+
+
+def test_merge_and_plot(tmp_path, capsys):
+    rows = [{"problem": p, "method": "neuralsvd", "size": "default", "seed": s, "success": s == 0,
+             "max_error": None if s == 2 else 0.02 * s, "seconds": 2.0, "cpu_seconds": 1.0, "steps": 9, "status": "ok",
+             "failures": [], "warnings": []} for p in ("a", "b") for s in range(3)]
+    rows[2] = {**rows[2], "status": "failed", "error": "DivergenceError: x"}
+    for k, part in enumerate((rows[:3], rows[3:])):
+        (tmp_path / f"{k}.json").write_text(json.dumps({"command": f"c{k}", "suite": "main", "wall_seconds": 1.0,
+                                                         "problems": {}, "runs": part}))
+    merged = tmp_path / "all.json"
+    assert bench.main(["--load", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(merged),
+                       "--plot", str(tmp_path / "all.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "| neuralsvd | default | 2/6 | 33% |" in printed and "a neuralsvd default seed 2: failed" in printed
+    assert json.loads(merged.read_text())["command"] == ["c0", "c1"]
+    assert (tmp_path / "all.png").stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------- the quick run (library defaults)
