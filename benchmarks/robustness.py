@@ -439,24 +439,29 @@ def _median(values: list[float]) -> float:
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, size): runs, successes, success rate, median worst-level error, median seconds per run."""
+    """Per (method, size): runs, successes, success rate, runs failed with a mode's norm ratio out of range (a
+    lost or stalled mode), median worst-level error, median seconds (wall, CPU) per run."""
     out = []
     for key in dict.fromkeys((r["method"], r["size"]) for r in rows):
         group = [r for r in rows if (r["method"], r["size"]) == key]
         wins = sum(r["success"] for r in group)
         errors = [r["max_error"] if r["max_error"] is not None else float("inf") for r in group]
+        lost = (sum(any("norm" in f["why"] for f in r["failures"]) for r in group)
+                if any(r.get("norm_ratio") is not None for r in group) else None)  # None: no such diagnostic
         out.append({"method": key[0], "size": key[1], "runs": len(group), "successes": wins,
-                    "success_rate": wins / len(group), "median_error": _median(errors),
+                    "success_rate": wins / len(group), "norm_failures": lost, "median_error": _median(errors),
                     "median_seconds": _median([r["seconds"] for r in group]),
                     "median_cpu_seconds": _median([r["cpu_seconds"] for r in group])})
     return out
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| method | model size | successes / runs | success rate | median error (worst level) | s / run (wall) | s / run (CPU) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | model size | successes / runs | success rate | failed on a norm ratio | "
+             "median error (worst level) | s / run (wall) | s / run (CPU) |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in summary(rows):
         lines.append(f"| {s['method']} | {s['size']} | {s['successes']}/{s['runs']} | {s['success_rate']:.0%} | "
+                     f"{'–' if s['norm_failures'] is None else s['norm_failures']} | "
                      f"{s['median_error']:.2e} | {s['median_seconds']:.1f} | {s['median_cpu_seconds']:.1f} |")
     return "\n".join(lines)
 

@@ -160,8 +160,9 @@ def test_score_descending_and_near_zero_levels():
 def test_tables_count_runs():
     rows = [{"problem": "p", "method": "m", "size": "default", "seed": s, "success": s == 0, "max_error": 0.1 * s,
              "seconds": 2.0, "cpu_seconds": 1.5, "status": "ok", "failures": [], "warnings": []} for s in range(3)]
+    rows[1]["failures"], rows[1]["norm_ratio"] = [{"why": "error+norm"}], [0.01]
     assert bench.summary(rows)[0] == {"method": "m", "size": "default", "runs": 3, "successes": 1,
-                                      "success_rate": pytest.approx(1 / 3), "median_error": pytest.approx(0.1),
+                                      "success_rate": pytest.approx(1 / 3), "norm_failures": 1, "median_error": pytest.approx(0.1),
                                       "median_seconds": 2.0, "median_cpu_seconds": 1.5}
     assert "| p | 1/3 |" in bench.problem_table(rows)
 
@@ -178,7 +179,7 @@ def test_merge_and_plot(tmp_path, capsys):
     assert bench.main(["--load", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(merged),
                        "--plot", str(tmp_path / "all.png")]) == 0
     printed = capsys.readouterr().out
-    assert "| neuralsvd | default | 2/6 | 33% |" in printed and "a neuralsvd default seed 2: failed" in printed
+    assert "| neuralsvd | default | 2/6 | 33% | – |" in printed and "a neuralsvd default seed 2: failed" in printed
     assert json.loads(merged.read_text())["command"] == ["c0", "c1"]
     assert (tmp_path / "all.png").stat().st_size > 10_000
 
