@@ -54,7 +54,7 @@ def test_neural_spectral_embedding_matches_sklearn():
     """Same k-NN graph as SpectralEmbedding; the 2D embedding spans the same subspace (a near-degenerate pair
     for isotropic data: compare spans) as D^{1/2} SpectralEmbedding.embedding_; it extends to new points."""
     x = np.random.default_rng(1).normal(size=(300, 2))
-    ours = NeuralSpectralEmbedding(2, n_neighbors=10, shift=0.95, steps=1500, random_state=0).fit(x)
+    ours = NeuralSpectralEmbedding(2, n_neighbors=10, shift=0.95, steps=2500, random_state=0).fit(x)
     se = SpectralEmbedding(2, affinity="nearest_neighbors", n_neighbors=10, random_state=0).fit(x)
     assert abs(ours.affinity_matrix_ - se.affinity_matrix_).max() == 0
     degree = np.asarray(se.affinity_matrix_.sum(1)).ravel()

@@ -57,7 +57,8 @@ def test_calibration_caps_the_batch_norms_at_the_rayleigh_quotients():
     assert torch.allclose(fx2, fx * factors, atol=1e-10)  # the shape is untouched
     assert torch.allclose((fx2 * tfx2).mean(0) / fx2.pow(2).mean(0), quotients, rtol=1e-10)  # so is the quotient
     assert calibrate_output_scale((model,), op, x) is None  # once per model
-    assert calibrate_output_scale((nsvd.models.Tabular(5, 2),), op, x) is None  # no gain: untouched
+    plain = torch.nn.Linear(2, 2).double()
+    assert calibrate_output_scale((plain,), op, x) is None  # no gain: untouched
 
 
 def test_calibration_svd_caps_the_product_of_norms():
@@ -82,7 +83,8 @@ def _fit_scaled(scale: float, ratio: float | None, steps: int = 30):
     model = nsvd.models.ParallelMLP(2, 3, hidden=(16, 16)).double()
     model.output_gain.mul_(50.0)  # every mode starts above its cap, at either scale
     nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=steps, batch_size=64, seed=0, progress=False,
-             init_ratio=ratio, dtype=torch.float64, eval_batches=1, eval_batch_size=256)
+             init_ratio=ratio, dtype=torch.float64, eval_batches=1, eval_batch_size=256,
+             warm_start=None)  # the cap alone (the warm start, covariant too, has its own test)
     x = torch.randn(100, 2, dtype=torch.float64)
     return model(x)
 
@@ -101,7 +103,8 @@ def test_fit_calibrates_once_and_resume_keeps_the_gain(tmp_path):
     torch.manual_seed(0)
     model = nsvd.models.ParallelMLP(2, 3, hidden=(16, 16))
     model.output_gain.mul_(50.0)
-    nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=20, progress=False, eval_batches=1, checkpoint_dir=tmp_path)
+    nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=20, progress=False, eval_batches=1, checkpoint_dir=tmp_path,
+             warm_start=None)  # the cap alone
     gain = model.output_gain.clone()
     assert bool(model.output_scaled) and bool((gain < 50.0).all())
     nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=20, progress=False, eval_batches=1)  # a second fit: kept

@@ -5,6 +5,7 @@ covariance, and modes that start at negative Rayleigh quotients recovered on pro
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,33 @@ def test_warm_start_is_scale_covariant():
         outs.append((steps, model(torch.linspace(-2, 2, 30, dtype=F64).reshape(15, 2))))
     assert outs[0][0] == outs[1][0] > 0
     assert torch.allclose(outs[1][1], 10 * outs[0][1], rtol=1e-6, atol=1e-9)
+
+
+def test_resume_after_a_warm_start_is_bitwise_identical(tmp_path):
+    """The warm start happens once, before step 0; a run stopped after a checkpoint and resumed ends
+    bitwise identical to the uninterrupted one."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _runs import FIT, assert_identical_runs, small_model
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, model):
+        if step == 50:  # after the checkpoint at step 40
+            raise Stop
+
+    kw = {**FIT, "warm_start": 200}
+    op = nsvd.operators.HarmonicOscillator(2)
+    whole = nsvd.fit(small_model(), op, nsvd.NestedLoRA(2), checkpoint_dir=tmp_path / "a", **kw)
+    assert whole.extras["warm_start_steps"] > 0
+    with pytest.raises(Stop):
+        nsvd.fit(small_model(), op, nsvd.NestedLoRA(2), checkpoint_dir=tmp_path / "b", callback=stop, **kw)
+    resumed = nsvd.fit(small_model(), op, nsvd.NestedLoRA(2), checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert resumed.extras["resumed_from"] == 40
+    assert resumed.extras["warm_start_steps"] == whole.extras["warm_start_steps"]
+    assert_identical_runs(whole, resumed)
 
 
 def test_fit_rejects_a_bad_warm_start():

@@ -68,10 +68,14 @@ def deflated_quotients(gram: Tensor, inner: Tensor) -> Tensor:
 
 def needs_warm_start(model: nn.Module, operator: Operator, x: Tensor, mean: Mean = lambda *stats: stats) -> bool:
     """Whether some mode's Rayleigh quotient ``ρ_l`` on the batch ``x`` is not positive (the trigger; the
-    warm start itself then runs until the stricter deflated quotients are positive)."""
+    warm start itself then runs until the stricter deflated quotients are positive). Never when a mode is
+    exactly zero (its quotient is 0/0: the revival rule's case, :mod:`~neuralsvd.training.revival`)."""
     with torch.no_grad():
         _, _, gram, inner = _statistics(model, operator, x, mean)
-    return not bool((inner / gram.diagonal() > 0).all())
+    norms = gram.diagonal()
+    if not bool((norms > 0).all() and torch.isfinite(inner).all()):
+        return False
+    return not bool((inner / norms > 0).all())
 
 
 def warm_start(model: nn.Module, operator: Operator, sample: Callable[[], Tensor], lr: float, max_steps: int,
