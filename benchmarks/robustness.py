@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import robustness_references as ref
 
 import neuralsvd as nsvd
-from neuralsvd.experiments import make_loss
+from neuralsvd.problems import make_loss
 
 #: the step budget of the suite (see docs/robustness.md for why)
 STEPS = 1500
