@@ -69,7 +69,11 @@ def deflated_quotients(gram: Tensor, inner: Tensor) -> Tensor:
 def needs_warm_start(model: nn.Module, operator: Operator, x: Tensor, mean: Mean = lambda *stats: stats) -> bool:
     """Whether some mode's Rayleigh quotient ``ρ_l`` on the batch ``x`` is not positive (the trigger; the
     warm start itself then runs until the stricter deflated quotients are positive). Never when a mode is
-    exactly zero (its quotient is 0/0: the revival rule's case, :mod:`~neuralsvd.training.revival`)."""
+    exactly zero (its quotient is 0/0: the revival rule's case, :mod:`~neuralsvd.training.revival`), and once
+    per model, like the initial-size cap: never for a model whose output gain was already set
+    (``output_scaled``: trained by an earlier ``fit``, its start is that training's)."""
+    if bool(getattr(model, "output_scaled", False)):
+        return False
     with torch.no_grad():
         _, _, gram, inner = _statistics(model, operator, x, mean)
     norms = gram.diagonal()
