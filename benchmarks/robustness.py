@@ -425,7 +425,8 @@ def _progress(row: dict[str, Any]) -> dict[str, Any]:
 
 def _run_all(specs: list[RunSpec], jobs: int) -> list[dict[str, Any]]:
     """The runs' rows in order (here, or in ``jobs`` spawned one-thread workers), each announced when done."""
-    if jobs == 1:
+    if jobs == 1:  # one thread here too: two threads on shared cores are many times slower (benchmarks/threads.py)
+        torch.set_num_threads(1)
         return [_progress(run_one(s)) for s in specs]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
