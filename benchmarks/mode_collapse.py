@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             ax.set_xlabel("step")
         axes[0].set_ylabel("‖f_l‖² (fixed batch)")
         axes[0].legend()
-        fig.suptitle("double well 4(x0²−1)² + x1², shift 9, N(0, 2²), defaults, seed %d" % args.seed)
+        fig.suptitle(f"double well 4(x0²−1)² + x1², shift 9, N(0, 2²), defaults, seed {args.seed}")
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"figure written to {args.plot}")

@@ -67,7 +67,30 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-class _BatchedMLP(nn.Module):
+class OutputGain(nn.Module):
+    """A fixed per-mode factor on a model's outputs: the buffer ``output_gain`` (saved with the model, not
+    trained; mode ``l``'s entries in the order of the outputs) and the flag ``output_scaled``, set once
+    :meth:`scale_outputs` was called, so that a later ``fit`` leaves the size as it is
+    (:mod:`neuralsvd.training.calibration`, :mod:`neuralsvd.training.warm_start`)."""
+
+    output_gain: Tensor
+    output_scaled: Tensor
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # state saved before the output gain existed: gain 1, and never calibrate a model that was trained
+        state_dict.setdefault(prefix + "output_gain", torch.ones_like(self.output_gain))
+        state_dict.setdefault(prefix + "output_scaled", torch.ones_like(self.output_scaled))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def scale_outputs(self, factors: Tensor) -> None:
+        """Multiply output ``l`` by ``factors[l]`` (``(L,)``, positive) from now on, and mark the model as
+        scaled (``output_scaled``)."""
+        self.output_gain.mul_(factors.to(self.output_gain).reshape(self.output_gain.shape))
+        self.output_scaled.fill_(True)
+
+
+class _BatchedMLP(OutputGain):
     """``groups`` independent MLPs sharing one input, run as batched matmuls: ``L`` groups of one output
     when ``disjoint``, else one group of ``L`` outputs.
 
@@ -178,20 +201,6 @@ class _BatchedMLP(nn.Module):
             w[mode] = he(tuple(w[mode].shape), w.shape[1], w)
         for b in (self.first_bias, *self.biases, self.out_bias):
             b[mode] = 0
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        # state saved before the output gain existed: gain 1, and never calibrate a model that was trained
-        state_dict.setdefault(prefix + "output_gain", torch.ones_like(self.output_gain))
-        state_dict.setdefault(prefix + "output_scaled", torch.ones_like(self.output_scaled))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @torch.no_grad()
-    def scale_outputs(self, factors: Tensor) -> None:
-        """Multiply output ``l`` by ``factors[l]`` (``(L,)``, positive) from now on, through the fixed gain on
-        the output layer (a buffer: saved with the model, not trained; :mod:`neuralsvd.training.calibration`), and
-        mark the model as scaled (``output_scaled``), so that a later ``fit`` leaves it as it is."""
-        self.output_gain.mul_(factors.to(self.output_gain).view(self.groups, self.out_features).unsqueeze(1))
-        self.output_scaled.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
@@ -381,7 +390,7 @@ class MLP(_BatchedMLP):
     disjoint = False
 
 
-class Tabular(nn.Module):
+class Tabular(OutputGain):
     """One learnable value per (point, mode): ``f(i) = table[i]`` for integer indices ``i`` (n,)."""
 
     def __init__(self, num_points: int, num_modes: int, init_std: float = 0.1):
@@ -403,19 +412,6 @@ class Tabular(nn.Module):
         rms = self.table.pow(2).mean().sqrt()
         column = self.table[:, mode]
         column.copy_(torch.randn(column.shape, generator=generator, device=column.device).to(column.dtype) * rms)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        # state saved before the output gain existed: gain 1, and never calibrate a model that was trained
-        state_dict.setdefault(prefix + "output_gain", torch.ones_like(self.output_gain))
-        state_dict.setdefault(prefix + "output_scaled", torch.ones_like(self.output_scaled))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @torch.no_grad()
-    def scale_outputs(self, factors: Tensor) -> None:
-        """Multiply column ``l`` by ``factors[l]`` (``(L,)``, positive) from now on, through the fixed
-        ``output_gain`` (as :meth:`ParallelMLP.scale_outputs`), and mark the model as scaled."""
-        self.output_gain.mul_(factors.to(self.output_gain))
-        self.output_scaled.fill_(True)
 
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):

@@ -27,7 +27,6 @@ from .readout import READOUTS, estimate_eigenvalues, norm_ratio
 from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
 from .revival import ModeRevival
-from .warm_start import WARM_START, needs_warm_start, warm_start as warm_start_modes
 from .state import (
     CHECKPOINT_KEYS,
     OPTIMIZERS,
@@ -36,9 +35,20 @@ from .state import (
     TrainingState,
     flush_denormals,
 )
+from .warm_start import WARM_START, needs_warm_start
+from .warm_start import warm_start as warm_start_modes
 
-__all__ = ["FIT_OPTIONS", "CheckpointError", "DivergenceError", "FitResult", "ResourceError", "TrainingInterrupted",
-           "estimate_eigenvalues", "fit", "estimate_fit_memory"]
+__all__ = [
+    "FIT_OPTIONS",
+    "CheckpointError",
+    "DivergenceError",
+    "FitResult",
+    "ResourceError",
+    "TrainingInterrupted",
+    "estimate_eigenvalues",
+    "estimate_fit_memory",
+    "fit",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -204,7 +214,7 @@ def fit(
             bar = _ProgressBar(progress and world.is_main, steps, start, operator, loss, run)
             last_good = run.snapshot()
             t0 = time.perf_counter()
-            oom = lambda: f"out of memory on {device} at step {run.step + 1}; {where()}"  # noqa: E731
+            oom = lambda: f"out of memory on {device} at step {run.step + 1}; {where()}"
             with flush_denormals(), allocation_failures_as(oom):
                 while run.step < steps:
                     run.train_step()
