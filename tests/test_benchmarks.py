@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from _benchmarks import load_benchmark
 
 
 def test_hydrogen_ablation_smoke(tmp_path, capsys):
-    bench = _load("hydrogen_accuracy")
+    bench = load_benchmark("hydrogen_accuracy")
     out = tmp_path / "ablation.json"
     assert bench.main(["--variants", "ratio-gauss,best", "--steps", "20", "--seeds", "0", "--modes", "2",
                        "--eval-every", "10", "--set", "model.hidden=(16, 16)", "--plot", str(tmp_path / "c.png"),
@@ -40,12 +28,12 @@ def test_hydrogen_ablation_smoke(tmp_path, capsys):
 
 def test_hydrogen_ablation_rejects_unknown_variant():
     with pytest.raises(SystemExit):
-        _load("hydrogen_accuracy").main(["--variants", "nope"])
+        load_benchmark("hydrogen_accuracy").main(["--variants", "nope"])
 
 
 def test_gradient_noise_smoke(tmp_path):
     """Per-mode signal and noise of each estimator at two stops; NeuralEF's terms add up to its update."""
-    bench = _load("gradient_noise")
+    bench = load_benchmark("gradient_noise")
     out = tmp_path / "noise.json"
     assert bench.main(["--at", "10", "20", "--batches", "4", "--set", "modes=3", "--set", "model.hidden=(8, 8)",
                        "--json", str(out), "--plot", str(tmp_path / "n.png")]) == 0
@@ -62,7 +50,7 @@ def test_gradient_noise_smoke(tmp_path):
 
 
 def test_short_budget_smoke(tmp_path):
-    bench = _load("short_budget")
+    bench = load_benchmark("short_budget")
     out = tmp_path / "short.json"
     assert bench.main(["--problems", "user2d", "--methods", "neuralsvd-seq,neuralef", "--steps", "20",
                        "--seeds", "0", "--json", str(out)]) == 0
@@ -73,7 +61,7 @@ def test_short_budget_smoke(tmp_path):
 
 def test_hydrogen_ablation_runs_each_method_on_each_variant(tmp_path):
     out = tmp_path / "methods.json"
-    assert _load("hydrogen_accuracy").main(
+    assert load_benchmark("hydrogen_accuracy").main(
         ["--variants", "best", "--methods", "neuralsvd-seq-paper,neuralef", "--steps", "10", "--seeds", "0",
          "--modes", "2", "--eval-every", "10", "--set", "model.hidden=(8, 8)", "--json", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
@@ -84,7 +72,7 @@ def test_hydrogen_ablation_runs_each_method_on_each_variant(tmp_path):
 def test_scaling_smoke(tmp_path, capsys):
     """One process, weak and strong rows, a tiny model: the table, the command and positive rates."""
     out = tmp_path / "scaling.json"
-    assert _load("scaling").main(["--processes", "1", "--no-compile", "--modes", "2", "--batch", "16", "--steps", "6",
+    assert load_benchmark("scaling").main(["--processes", "1", "--no-compile", "--modes", "2", "--batch", "16", "--steps", "6",
                                   "--check", "3", "--set", "model.hidden=(8, 8)", "--json", str(out)]) == 0
     assert "command: python benchmarks/scaling.py" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
@@ -95,7 +83,7 @@ def test_scaling_smoke(tmp_path, capsys):
 def test_dimension_smoke(tmp_path, capsys):
     """Step cost and stochastic-Tf noise per d; exact states in ratio form (linear first shell) have an
     exact stochastic Tf, the network at initialization does not."""
-    bench = _load("dimension")
+    bench = load_benchmark("dimension")
     out = tmp_path / "dim.json"
     assert bench.main(["--dims", "3", "5", "--probes", "1", "2", "--rounds", "1", "--steps-per-round", "1",
                        "--draws", "3", "--batch", "16", "--set", "model.hidden=(8, 8)", "--json", str(out),
@@ -118,7 +106,7 @@ def test_cancellation_ratio_by_hand():
 
     from neuralsvd.models import ParallelMLP
 
-    bench = _load("output_conditioning")
+    bench = load_benchmark("output_conditioning")
     torch.manual_seed(0)
     mlp = ParallelMLP(2, 3, hidden=(8, 8)).double()
     x = torch.randn(1, 2, dtype=torch.float64)
@@ -143,7 +131,7 @@ def test_output_conditioning_smoke(tmp_path, capsys):
     """A tiny oscillator run: block weights and outside weight sum to one per mode; a record per run."""
     from neuralsvd.cli import main as cli
 
-    bench = _load("output_conditioning")
+    bench = load_benchmark("output_conditioning")
     run_dir = tmp_path / "run"
     assert cli(["run", "oscillator", "--modes", "3", "--steps", "20", "--set", "model.hidden=(8, 8)", "--no-progress",
                 "--out", str(run_dir)]) == 0
@@ -162,7 +150,7 @@ def test_dynamics_generator_1d_matches_ou_closed_form():
     """The 1D generator solver on ``V = θx²/2`` (D = 1) returns the OU eigenvalues ``-kθ``."""
     import numpy as np
 
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     theta = 1.7
     lam = bench.generator_1d_eigenvalues(lambda x: 0.5 * theta * x**2, 1.0, -8.0, 8.0, 5, n=1000)
     assert np.allclose(lam, -theta * np.arange(5), rtol=1e-6, atol=1e-9)
@@ -177,7 +165,7 @@ def test_dynamics_ou_reference_and_exact_sampler():
     orthonormal under the stationary law, and on the simulated trajectory each one decays by its σ per lag."""
     import numpy as np
 
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     system = bench.make_ou(1.0)
     rates = np.array([1.0, 1.3, 2.0, 2.3, 2.6])  # (1,0), (0,1), (2,0), (1,1), (0,2) for θ = (1, 1.3)
     assert np.allclose(system.timescales, 1 / (rates * 0.5), rtol=1e-12)
@@ -198,7 +186,7 @@ def test_dynamics_logistic_reference_against_ulam_and_population_covariances():
     population covariances, and approximately from a simulated trajectory."""
     import numpy as np
 
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     m = 10
     true = bench.logistic_eigenvalues(m)
     n = 800
@@ -225,7 +213,7 @@ def test_dynamics_logistic_reference_matches_kooplearn():
     kooplearn = pytest.importorskip("kooplearn.datasets")
     import numpy as np
 
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     theirs = kooplearn.compute_logistic_map_eig(M=10)
     theirs = theirs[np.argsort(-np.abs(theirs))]
     assert np.allclose(bench.logistic_eigenvalues(10)[:6], theirs[:6], atol=1e-6)
@@ -235,7 +223,7 @@ def test_dynamics_vamp2_matches_deeptime():
     pytest.importorskip("deeptime")
     from deeptime.decomposition import VAMP
 
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     system = bench.make_ou(0.25)
     model = VAMP(lagtime=system.lag, observable_transform=system.eigenfunctions).fit(system.test).fetch_model()
     assert bench.vamp2(system.eigenfunctions, system.test, system.lag) == pytest.approx(model.score(2), rel=1e-6)
@@ -243,7 +231,7 @@ def test_dynamics_vamp2_matches_deeptime():
 
 def test_dynamics_skips_missing_peers(monkeypatch, capsys, tmp_path):
     """Without deeptime/kooplearn the peers and the systems simulated by deeptime are skipped, not failed."""
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     real = bench.has
     monkeypatch.setattr(bench, "has", lambda p: p not in ("deeptime", "kooplearn") and real(p))
     out = tmp_path / "d.json"
@@ -259,7 +247,7 @@ def test_dynamics_skips_missing_peers(monkeypatch, capsys, tmp_path):
 
 def test_dynamics_smoke_neuralsvd_on_ou(tmp_path, capsys):
     """A few NeuralKoopman steps on the OU system: the table, the command, every score in its range."""
-    bench = _load("dynamics")
+    bench = load_benchmark("dynamics")
     out = tmp_path / "d.json"
     assert bench.main(["--systems", "ou", "--methods", "neuralsvd", "--seeds", "0", "1", "--seeds-for", "neuralsvd=1",
                        "--scale", "0.05", "--epochs-scale", "0.2", "--json", str(out),
@@ -278,7 +266,7 @@ def test_dynamics_smoke_neuralsvd_on_ou(tmp_path, capsys):
 def test_trajectory_memory_does_not_grow_with_the_file(tmp_path):
     """Training on a memory-mapped trajectory: the process's own memory (RssAnon) is the same for a 0.8 MB and
     a 32 MB file (a copy of the data would add 32 MB)."""
-    bench = _load("trajectory_memory")
+    bench = load_benchmark("trajectory_memory")
     small, large = (bench.measure(frames, 20, tmp_path) for frames in (100_000, 4_000_000))
     assert large["file_bytes"] > 30 * 2**20
     assert large["rss_anon_kib"] - small["rss_anon_kib"] < 8 * 1024

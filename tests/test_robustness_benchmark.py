@@ -3,28 +3,15 @@ its problems' consistency, and a quick run with the library defaults scored agai
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _benchmarks import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load("robustness_references")
-bench = _load("robustness")
+ref = load_benchmark("robustness_references")
+bench = load_benchmark("robustness")
 
 
 # ---------------------------------------------------------------- reference solvers vs closed forms
