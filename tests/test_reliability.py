@@ -80,8 +80,11 @@ def test_without_checkpoint_dir_signals_are_left_alone():
     assert not isinstance(info.value, TrainingInterrupted)
 
 
+CLI_STEPS = 2000  # ~4 s at ~500 steps/s: the signal (at most 0.3 s after the first checkpoint) lands mid-run
+
+
 def _cli_args(out) -> list[str]:
-    return ["run", "oscillator", "--modes", "2", "--steps", "200", "--checkpoint-every", "25", "--out", str(out),
+    return ["run", "oscillator", "--modes", "2", "--steps", str(CLI_STEPS), "--checkpoint-every", "25", "--out", str(out),
             "--set", "model.hidden=(16, 16)", "--set", "train.eval_batches=2", "--set", "train.log_every=25",
             "--no-progress"]
 
@@ -111,11 +114,11 @@ def test_cli_signal_exit_code_checkpoint_and_bitwise_resume(tmp_path, uninterrup
     assert f"interrupted by {signal.Signals(sig).name}" in lines[0] and str(ckpt) in lines[0]
     assert "continue with: neuralsvd run oscillator" in lines[0] and lines[0].endswith("--resume")
     step = load_checkpoint(ckpt)["step"]
-    assert 25 <= step < 200, "the run finished before the signal; make it longer"
+    assert 25 <= step < CLI_STEPS, "the run finished before the signal; make it longer"
     assert cli.main(_cli_args(out) + ["--resume"]) == 0
     a = load_checkpoint(uninterrupted / "checkpoint.pt")
     b = load_checkpoint(ckpt)
-    assert a["step"] == b["step"] == 200
+    assert a["step"] == b["step"] == CLI_STEPS
     for sa, sb in zip(a["models"], b["models"]):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     ma = json.loads((uninterrupted / "metrics.json").read_text())

@@ -78,7 +78,7 @@ def test_callback_sees_the_returned_model_and_changes_nothing():
 
 
 def _cli_args(out) -> list[str]:
-    return ["run", "oscillator", "--modes", "2", "--steps", "400", "--checkpoint-every", "25", "--out", str(out),
+    return ["run", "oscillator", "--modes", "2", "--steps", "1000", "--checkpoint-every", "25", "--out", str(out),
             "--set", "model.hidden=(16, 16)", "--set", "train.eval_batches=2", "--set", "train.log_every=25",
             "--no-progress"]
 
@@ -97,11 +97,11 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert ckpt.exists(), "no checkpoint appeared before the kill"
     step = torch.load(ckpt, weights_only=True)["step"]
-    assert step < 400, "the run finished before it could be killed; make it longer"
+    assert step < 1000, "the run finished before it could be killed; make it longer"
     subprocess.run(cmd + _cli_args(tmp_path / "killed") + ["--resume"], check=True, env=env, capture_output=True)
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     b = torch.load(ckpt, weights_only=True)
-    assert a["step"] == b["step"] == 400
+    assert a["step"] == b["step"] == 1000
     for sa, sb in zip(a["models"], b["models"]):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     ma = json.loads((tmp_path / "whole" / "metrics.json").read_text())
