@@ -55,6 +55,14 @@ class NodeFeatures(nn.Module):
         self.net = net
         self.register_buffer("features", torch.as_tensor(features))
 
+    #: attributes of ``net`` that training rules use (output gain, per-mode reset), passed through
+    DELEGATED = ("scale_outputs", "output_scaled", "reset_mode", "disjoint")
+
+    def __getattr__(self, name: str):
+        if name in NodeFeatures.DELEGATED:
+            return getattr(self.net, name)  # AttributeError when ``net`` has no such attribute
+        return super().__getattr__(name)
+
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):
             raise ValueError(

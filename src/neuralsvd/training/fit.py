@@ -26,6 +26,7 @@ from .interrupts import StopRequests, TrainingInterrupted
 from .readout import READOUTS, estimate_eigenvalues, norm_ratio
 from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
+from .rescue import ModeRescue
 from .revival import ModeRevival
 from .state import (
     CHECKPOINT_KEYS,
@@ -116,7 +117,10 @@ def fit(
         readout: ``"rayleigh"`` (per-mode Rayleigh quotients) or ``"ritz"`` (Rayleigh–Ritz in the learned
             span; EVD only), see :func:`~neuralsvd.training.readout.estimate_eigenvalues`.
         revive: re-initialize a mode that collapsed to ``f ≈ 0``, a stationary point of NestedLoRA
-            (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.training.revival`).
+            (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.training.revival`),
+            and warm-start again a mode that mostly copies earlier modes (NestedLoRA, EVD, models whose modes
+            have parameters of their own; never at the optimum, see :mod:`~neuralsvd.training.rescue`;
+            ``FitResult.extras["rescued_modes"]``, ``["rescue_steps"]``).
         init_ratio: before the first step, shrink each mode of a NestedLoRA loss (a loss with a norm
             estimator) whose ``‖f_l‖²`` exceeds ``init_ratio · |ρ_l|`` (``ρ_l`` its Rayleigh quotient) to that
             cap, through the model's fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP;
@@ -192,6 +196,9 @@ def fit(
                 loss.prepare(operator)
                 run = TrainingState(modules, dec, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay,
                                     seed, device, dtype, rank_batch, world, compile)
+                if revive and loss.norms_are_eigenvalues and not dec.is_svd:
+                    run.rescue = ModeRescue(modules[0], operator, lambda n, g: dec.sample(operator, n, g, dtype),
+                                            rank_batch, seed, world.rank, lr, loss.batch_mean, world.average_gradients)
                 if resume:
                     if ckpt_path is None:
                         raise ValueError("resume=True needs checkpoint_dir")
@@ -227,6 +234,8 @@ def fit(
                             continue
                         if revival is not None and run.last_eigenvalues is not None:
                             revival(run.last_norms, run.last_eigenvalues, step, run.opt, run.ema, loss)
+                        if run.rescue is not None and step < steps:
+                            run.rescue(step, run.opt, run.ema, loss)
                         last_good = run.snapshot()
                         if callback is not None:
                             callback(step, dec.final_model(loss, dec.assemble(run.final_modules())))
@@ -326,6 +335,8 @@ def _result(run: TrainingState, dec: Decomposition, operator: Operator, loss: Sp
         history=history, steps=steps, wall_seconds=wall,
         steps_per_second=ran / wall if wall > 0 and ran > 0 else float("nan"),
         extras={"warm_start_steps": run.warm_start_steps, "rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start,
+                "rescued_modes": {} if run.rescue is None else dict(run.rescue.count),
+                "rescue_steps": 0 if run.rescue is None else run.rescue.steps,
                 "norm_ratio": None if ratio is None else ratio.tolist()},
     )
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from ..losses.base import SpectralLoss
 
-__all__ = ["COLLAPSE_RATIO", "MAX_REVIVALS", "ModeRevival", "collapsed_modes"]
+__all__ = ["COLLAPSE_RATIO", "MAX_REVIVALS", "ModeRevival", "collapsed_modes", "forget_changed"]
 
 #: a mode is collapsed when ``‖f_l‖² < COLLAPSE_RATIO · |λ̂_l|`` (1 at the optimum; early training stays above ~1e-3)
 COLLAPSE_RATIO = 1e-5
@@ -82,13 +82,21 @@ class ModeRevival:
             g = torch.Generator(device=next(m.parameters()).device)
             g.manual_seed(((self.seed * 1_000_003 + step) * 4099 + mode) * 2 + k)
             m.reset_mode(mode, g)
-        with torch.no_grad():
-            for i, (p, old) in enumerate(zip(params, before)):
-                changed = p != old  # the entries that belong to the mode (redrawn), same shape as p
-                if not bool(changed.any()):
-                    continue
-                for value in optimizer.state.get(p, {}).values():
-                    if isinstance(value, Tensor) and value.shape == p.shape:
-                        value.masked_fill_(changed, 0)
-                if ema is not None:
-                    ema[i].copy_(torch.where(changed, p, ema[i]))
+        forget_changed(params, before, optimizer, ema)
+
+
+@torch.no_grad()
+def forget_changed(params: list[Tensor], before: list[Tensor], optimizer: torch.optim.Optimizer,
+                   ema: list[Tensor] | None) -> None:
+    """After some entries of ``params`` were set outside the optimizer (``before``: their earlier values,
+    same order): clear the optimizer's moments of those entries and copy them into the EMA weights, so the
+    training continues from them as from a fresh start."""
+    for i, (p, old) in enumerate(zip(params, before)):
+        changed = p != old  # the entries that were set, same shape as p
+        if not bool(changed.any()):
+            continue
+        for value in optimizer.state.get(p, {}).values():
+            if isinstance(value, Tensor) and value.shape == p.shape:
+                value.masked_fill_(changed, 0)
+        if ema is not None:
+            ema[i].copy_(torch.where(changed, p, ema[i]))

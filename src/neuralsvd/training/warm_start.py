@@ -84,12 +84,18 @@ def needs_warm_start(model: nn.Module, operator: Operator, x: Tensor, mean: Mean
 
 def warm_start(model: nn.Module, operator: Operator, sample: Callable[[], Tensor], lr: float, max_steps: int,
                mean: Mean = lambda *stats: stats,
-               average_gradients: Callable[..., tuple[Tensor, ...]] = lambda params, *extra: extra) -> int:
+               average_gradients: Callable[..., tuple[Tensor, ...]] = lambda params, *extra: extra,
+               modes: Tensor | None = None, fraction: float = 0.0) -> int:
     """Apply the rule of this module to ``model`` (EVD, ``x (n, d) -> (n, L)``) with batches from
     ``sample()``, and return the number of steps taken.
 
     ``mean`` turns this process's batch means into the global batch's and ``average_gradients(params)``
-    averages the gradients over processes (data-parallel; identities in one process)."""
+    averages the gradients over processes (data-parallel; identities in one process). ``modes`` (``(L,)``
+    bool, default all) restricts the rule to those modes: only their statistics pull, only their gains
+    move (the others' parameters keep their values when the model's modes have parameters of their own,
+    :class:`~neuralsvd.models.ParallelMLP`, :class:`~neuralsvd.models.Tabular`). The rule ends once every
+    selected mode has had ``ρ̃_l > fraction · ρ_l`` on :data:`PATIENCE` consecutive batches (``fraction`` 0:
+    ``ρ̃_l > 0``; see :mod:`~neuralsvd.training.rescue` for 1/2)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     gain = hasattr(model, "scale_outputs")
@@ -97,34 +103,38 @@ def warm_start(model: nn.Module, operator: Operator, sample: Callable[[], Tensor
     for step in range(max_steps + 1):
         fx, tfx, gram, inner = _statistics(model, operator, sample(), mean)
         rho = deflated_quotients(gram, inner)
-        streak = streak + 1 if bool((rho > 0).all()) else 0
+        chosen = torch.ones_like(rho, dtype=torch.bool) if modes is None else modes.to(rho.device)
+        healthy = rho > fraction * inner / gram.diagonal()
+        streak = streak + 1 if bool(healthy[chosen].all()) else 0
         if streak >= PATIENCE or step == max_steps:
             break
         opt.zero_grad(set_to_none=True)
-        _surrogate(fx, tfx, gram, inner, rho).backward()
+        _surrogate(fx, tfx, gram, inner, rho, chosen).backward()
         average_gradients(params)
         opt.step()
         if gain:  # keep every ‖f_l‖² near 1 through the output gain (the objective is blind to it)
             with torch.no_grad():
-                model.scale_outputs(gram.diagonal().rsqrt())
+                model.scale_outputs(torch.where(chosen, gram.diagonal().rsqrt(), 1.0))
     if gain:  # sizes in the operator's units: ‖f_l‖² = |ρ̃_l|, sequential NestedLoRA's choice where ρ̃_l > 0
         with torch.no_grad():
-            model.scale_outputs(torch.where(rho != 0, (rho.abs() / gram.diagonal()).sqrt(), torch.ones_like(rho)))
+            size = (rho.abs() / gram.diagonal()).sqrt()
+            model.scale_outputs(torch.where(chosen & (rho != 0), size, 1.0))
     return step
 
 
-def _surrogate(fx: Tensor, tfx: Tensor, gram: Tensor, inner: Tensor, rho: Tensor) -> Tensor:
-    """A scalar whose gradient is that of ``J = Σ_l [-ρ̃_l / s + (log ‖f_l‖²)²]`` (``s`` the mean ``|ρ̃_l|``,
-    detached) with each mode's gradient through its own statistics only (the earlier modes of the
+def _surrogate(fx: Tensor, tfx: Tensor, gram: Tensor, inner: Tensor, rho: Tensor, chosen: Tensor) -> Tensor:
+    """A scalar whose gradient is that of ``J = Σ_l [-ρ̃_l / s + (log ‖f_l‖²)²]`` over the ``chosen`` modes
+    (``s`` the mean ``|ρ̃_l|`` of those, detached, at least a thousandth of their mean ``|ρ_l|``) with each mode's gradient through its own statistics only (the earlier modes of the
     deflation are held fixed, as in sequential nesting). With ``n_l = G_ll``: ``∂J/∂a_l = -1/(s n_l)``,
     ``∂J/∂n_l = ρ̃_l/(s n_l) + 2 log(n_l)/n_l``, ``∂J/∂G_li = 2 max(ρ_i, 0) G_li/(s n_i n_l)`` for ``i < l``;
     and ``∇n_l = 2⟨∇f_l, f_l⟩``, ``∇a_l = 2⟨∇f_l, Tf_l⟩`` (``T`` self-adjoint), ``∇G_li = ⟨∇f_l, f_i⟩``."""
     norms = gram.diagonal()  # (L,)
-    scale = rho.abs().mean().clamp_min(torch.finfo(rho.dtype).tiny)
+    floor = 1e-3 * (inner / norms)[chosen].abs().mean()  # an exact copy has ρ̃ = 0: stay finite, scale-free
+    scale = torch.maximum(rho[chosen].abs().mean(), floor).clamp_min(torch.finfo(rho.dtype).tiny)
     d_inner = -1.0 / (scale * norms)
     d_norms = rho / (scale * norms) + 2.0 * norms.log() / norms
     rho_plain = (inner / norms).clamp_min(0)
     d_gram = (2.0 * rho_plain[None, :] * gram / (scale * norms[None, :] * norms[:, None])).tril(-1)  # (L, L): [l, i]
     f = fx.detach()
     pull = 2.0 * d_norms * f + 2.0 * d_inner * tfx + f @ d_gram.T  # (n, L)
-    return (fx * pull).mean(0).sum()
+    return (fx * pull).mean(0)[chosen].sum()

@@ -1,0 +1,143 @@
+"""Rescuing stalled modes: a mode whose shape mostly copies earlier modes is warm-started again.
+
+Why. Under NestedLoRA mode ``l`` learns the top eigenfunction of ``T`` deflated by the earlier modes. A mode
+that drifted onto an earlier mode's shape has a small *deflated* quotient ``ρ̃_l``
+(:func:`~neuralsvd.training.warm_start.deflated_quotients`), so its best size is small, and a small network
+output receives little useful gradient: the mode stays a faint copy to the end (a norm ratio
+``‖f_l‖²/λ̂_l`` far below 1, a missing level). Measured on the robustness benchmark
+(docs/convergence-study.md §11): such modes keep ``ρ̃_l`` below half of their plain quotient ``ρ_l`` for
+the whole run, some below zero, while the earlier modes are healthy.
+
+The rule. At each check of :func:`~neuralsvd.fit` (every ``log_every`` steps) the plain and deflated
+quotients are estimated on a batch of their own, and mode ``l`` is *copied* when ``ρ̃_l ≤ ρ_l / 2``: more
+than half of its quotient is explained by its overlap with earlier modes. The first copied mode is
+warm-started again, alone (:func:`~neuralsvd.training.warm_start.warm_start` restricted to it: its shape is
+moved to raise ``ρ̃_l`` at fixed norm, the other modes held fixed, until ``ρ̃_l > ρ_l / 2`` on
+:data:`~neuralsvd.training.warm_start.PATIENCE` consecutive batches or for at most :data:`RESCUE_STEPS`
+batches) and sized at ``‖f_l‖² = |ρ̃_l|``. If that raised ``ρ̃_l`` on the check's batch, the optimizer
+forgets the mode's moments (as after a revival) and NestedLoRA goes on from there; if not, the mode is put
+back exactly as it was (a rescue never makes a mode worse by its own measure). At the objective's optimum
+(``f_l = √λ_l φ_l``, orthogonal eigenfunctions) the overlaps vanish and ``ρ̃_l = ρ_l = λ_l``, so the rule
+never fires there; each mode is tried at most :data:`MAX_RESCUES` times (a mode whose best is ``f_l = 0``,
+when ``T`` has fewer than ``L`` positive eigenvalues, is then left alone). Tried and measured worse on the
+benchmark (§11): rescuing only modes whose norm is also small, waiting for a fifth of the run, a redraw
+of the mode's network before its warm start, and a rescue learning rate 3 or 10 times ``fit``'s.
+
+Scope: NestedLoRA (a loss whose norms are eigenvalues), one model (EVD) whose modes have parameters of
+their own and an output gain (:class:`~neuralsvd.models.ParallelMLP`, :class:`~neuralsvd.models.Tabular`);
+models with a shared trunk are left alone (moving one mode would move all). The check's batch is drawn
+from a generator seeded by the run's seed, the step and the rank, so the run's own random stream, and a
+run in which the rule never fires, are the same as without it; a resumed run repeats every decision.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from ..operators.base import Operator
+from .revival import forget_changed
+from .warm_start import Mean, _statistics, deflated_quotients, warm_start
+
+__all__ = ["COPY_FRACTION", "MAX_RESCUES", "RESCUE_STEPS", "ModeRescue", "copied_modes"]
+
+#: a mode is copied when ``ρ̃_l ≤ COPY_FRACTION · ρ_l``
+COPY_FRACTION = 0.5
+#: rescues per mode at most
+MAX_RESCUES = 3
+#: batches of one rescue at most
+RESCUE_STEPS = 250
+
+
+def copied_modes(gram: Tensor, inner: Tensor) -> Tensor:
+    """``(L,)`` bool: modes with ``ρ̃_l ≤ COPY_FRACTION · ρ_l`` for the Gram matrix ``G = E[f fᵀ]`` ``(L, L)``
+    and ``a_l = ⟨f_l, T f_l⟩`` ``(L,)`` (mode 0 never: nothing comes before it). Modes of zero norm are left
+    to the revival rule (:mod:`~neuralsvd.training.revival`)."""
+    norms = gram.diagonal()
+    rho = inner / norms
+    copied = deflated_quotients(gram, inner) <= COPY_FRACTION * rho
+    return copied & (norms > 0) & torch.isfinite(rho)
+
+
+class ModeRescue:
+    """The rule of this module for one run.
+
+    Args:
+        model: the trained model (EVD); the rule is off unless it has ``scale_outputs`` and ``reset_mode`` and
+            its modes do not share a trunk (``disjoint``, default True).
+        operator: the operator being learned.
+        sample: ``sample(n, generator)`` → a batch of ``n`` inputs for this process.
+        batch_size: this process's batch size.
+        seed, rank: seed the check's batches (with the step).
+        lr: the learning rate of the rescue's own Adam.
+        mean, average_gradients: the data-parallel reductions of :func:`~neuralsvd.training.warm_start.warm_start`.
+    """
+
+    def __init__(self, model: nn.Module, operator: Operator, sample, batch_size: int, seed: int, rank: int,
+                 lr: float, mean: Mean, average_gradients):
+        self.model, self.operator, self.sample, self.batch_size = model, operator, sample, batch_size
+        self.seed, self.rank, self.lr = seed, rank, lr
+        self.mean, self.average_gradients = mean, average_gradients
+        self.enabled = (hasattr(model, "scale_outputs") and hasattr(model, "reset_mode")
+                        and bool(getattr(model, "disjoint", True)))
+        self.count: dict[int, int] = {}  # mode -> rescues so far
+        self.steps = 0  # batches spent in rescues
+
+    def state_dict(self) -> dict[str, object]:
+        return {"count": dict(self.count), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.count = {int(k): int(v) for k, v in dict(state.get("count", {})).items()}
+        self.steps = int(state.get("steps", 0))
+
+    def __call__(self, step: int, optimizer: torch.optim.Optimizer, ema: list[Tensor] | None, loss) -> list[int]:
+        """Check the modes at ``step``, rescue the copied ones (warning) and return them."""
+        if not self.enabled:
+            return []
+        generator = torch.Generator(device=self.operator_device())
+        generator.manual_seed(((self.seed * 1_000_003 + step) * 4099 + self.rank) * 2 + 1)
+        draw = lambda: self.sample(self.batch_size, generator)
+        check = draw()
+        rho, rho_tilde, copied = self._quotients(check)
+        candidates = [l for l in torch.nonzero(copied).flatten().tolist() if self.count.get(l, 0) < MAX_RESCUES]
+        if not candidates:
+            return []
+        mode = candidates[0]  # the first: the later modes' deflation depends on it
+        self.count[mode] = self.count.get(mode, 0) + 1
+        params = list(self.model.parameters())
+        before = [p.detach().clone() for p in params]
+        gain = self.model.output_gain.clone() if hasattr(self.model, "output_gain") else None
+        mask = torch.zeros_like(copied)
+        mask[mode] = True
+        taken = warm_start(self.model, self.operator, draw, self.lr, RESCUE_STEPS, mean=self.mean,
+                           average_gradients=self.average_gradients, modes=mask, fraction=COPY_FRACTION)
+        self.steps += taken
+        after = self._quotients(check)[1][mode]
+        what = (f"mode {mode} mostly copied earlier modes at step {step} (deflated quotient "
+                f"{float(rho_tilde[mode]):.3g} of {float(rho[mode]):.3g})")
+        if not bool(after > rho_tilde[mode]):  # no better on the check's batch: undo
+            with torch.no_grad():
+                for p, old in zip(params, before):
+                    p.copy_(old)
+                if gain is not None:
+                    self.model.output_gain.copy_(gain)
+            warnings.warn(f"{what}: warm-starting it again did not raise its deflated quotient in {taken} "
+                          "batches; left as it was (see neuralsvd.training.rescue)", RuntimeWarning, stacklevel=3)
+            return []
+        forget_changed(params, before, optimizer, ema)
+        loss.reset_mode(mode)
+        warnings.warn(f"{what}: warm-started it again in the deflated space ({taken} batches, deflated quotient "
+                      f"now {float(after):.3g}; see neuralsvd.training.rescue)", RuntimeWarning, stacklevel=3)
+        return [mode]
+
+    @torch.no_grad()
+    def _quotients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """On the batch ``x``: ``ρ_l``, ``ρ̃_l`` and which modes are copied, each ``(L,)``."""
+        _, _, gram, inner = _statistics(self.model, self.operator, x, self.mean)
+        return inner / gram.diagonal(), deflated_quotients(gram, inner), copied_modes(gram, inner)
+
+    def operator_device(self) -> torch.device:
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")

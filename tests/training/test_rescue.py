@@ -1,0 +1,162 @@
+"""The rescue of modes that copy earlier ones (neuralsvd.training.rescue): the criterion by hand, the
+optimum a fixed point, the rule restricted to the copied modes, a lost level recovered on a well no
+benchmark or preset was tuned on (against a 1D finite-difference solve), and exact resume."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import eigh_tridiagonal
+
+import neuralsvd as nsvd
+from neuralsvd.models import Tabular
+from neuralsvd.operators import DenseOperator
+from neuralsvd.training.rescue import ModeRescue, copied_modes
+from neuralsvd.training.warm_start import warm_start
+
+F64 = torch.float64
+
+
+def test_copied_modes_by_hand():
+    # ‖f_0‖² = 2, ‖f_1‖² = 4, ⟨f_0, f_1⟩ = 1, ρ = (3, 2): ρ̃_1 = 2 − 3/8 > ρ_1/2, not a copy
+    gram, inner = torch.tensor([[2.0, 1.0], [1.0, 4.0]], dtype=F64), torch.tensor([6.0, 8.0], dtype=F64)
+    assert copied_modes(gram, inner).tolist() == [False, False]
+    # f_1 = f_0: ρ̃_1 = ρ_1 − ρ_0 = 0
+    gram, inner = torch.full((2, 2), 2.0, dtype=F64), torch.tensor([6.0, 6.0], dtype=F64)
+    assert copied_modes(gram, inner).tolist() == [False, True]
+    # ⟨f̂_0, f̂_1⟩² = 0.6: ρ̃_1 = 4 − 0.6 · 3 = 2.2 > 2 (not), then with ρ_0 = 4: 4 − 2.4 = 1.6 ≤ 2 (copied)
+    gram = torch.tensor([[1.0, 0.6**0.5], [0.6**0.5, 1.0]], dtype=F64)
+    assert copied_modes(gram, torch.tensor([3.0, 4.0], dtype=F64)).tolist() == [False, False]
+    assert copied_modes(gram, torch.tensor([4.0, 4.0], dtype=F64)).tolist() == [False, True]
+    # a mode of zero norm is the revival rule's
+    gram = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=F64)
+    assert copied_modes(gram, torch.tensor([1.0, 0.0], dtype=F64)).tolist() == [False, False]
+
+
+def _dense(top=(3.0, 2.0, 1.5), n=40, seed=1):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.concatenate([top, rng.uniform(-1.0, 0.5, n - len(top))])
+    return q @ np.diag(lam) @ q.T
+
+
+def test_the_optimum_is_a_fixed_point():
+    """At f_l = √λ_l φ_l every ρ̃_l = ρ_l = λ_l: no mode is copied, and fit with the rule on leaves the
+    optimum where it is."""
+    a = _dense()
+    lam, vec = np.linalg.eigh(a)
+    lam, vec = lam[::-1][:3].copy(), vec[:, ::-1][:, :3].copy()
+    op = DenseOperator(torch.tensor(a))
+    model = Tabular(a.shape[0], 3).double()
+    with torch.no_grad():  # the operator's inner product is the mean over indices: φ scaled by √N
+        model.table.copy_(torch.tensor(vec * np.sqrt(a.shape[0]) * np.sqrt(lam)))
+    x = torch.arange(a.shape[0])
+    fx, tfx = op.apply(model, x)
+    assert not copied_modes(fx.T @ fx / len(x), (fx * tfx).mean(0)).any()
+    result = nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=40, batch_size=40, progress=False, lr=1e-12, log_every=10)
+    assert result.extras["rescued_modes"] == {} and result.extras["rescue_steps"] == 0
+    assert result.eigenvalues.tolist() == pytest.approx(lam.tolist(), rel=1e-6)
+
+
+def test_restricted_warm_start_moves_the_chosen_modes_only():
+    """The rescue trains the copied modes alone: the other modes' parameters and gains keep their values,
+    and the chosen mode ends with ρ̃ > ρ/2 (here: a copy of mode 0 turned into the second eigenvector)."""
+    a = _dense()
+    lam = np.linalg.eigvalsh(a)[::-1]
+    op = DenseOperator(torch.tensor(a))
+    torch.manual_seed(0)
+    model = Tabular(a.shape[0], 3).double()
+    with torch.no_grad():
+        model.table[:, 1] = model.table[:, 0]
+    before = model.table.detach().clone()
+    x = torch.arange(a.shape[0])
+    steps = warm_start(model, op, lambda: x, 1e-2, 2000, modes=torch.tensor([False, True, False]), fraction=0.5)
+    assert steps < 2000
+    assert torch.equal(model.table[:, [0, 2]], before[:, [0, 2]])
+    assert model.output_gain.reshape(-1)[[0, 2]].tolist() == [1.0, 1.0]
+    fx, tfx = op.apply(model, x)
+    gram, inner = fx.T @ fx / len(x), (fx * tfx).mean(0)
+    assert not copied_modes(gram, inner)[1]
+    assert float(gram[1, 1]) > 0 and float(inner[1] / gram[1, 1]) <= lam[0] + 1e-9
+
+
+def _levels_1d(potential, k, lo=-8.0, hi=8.0, n=4000):
+    """The k lowest eigenvalues of -d²/dx² + V on [lo, hi] (Dirichlet), second-order finite differences."""
+    x = np.linspace(lo, hi, n)
+    h = x[1] - x[0]
+    return eigh_tridiagonal(2 / h**2 + potential(x), -np.ones(n - 1) / h**2, select="i", select_range=(0, k - 1))[0]
+
+
+def _well_run(revive: bool) -> nsvd.FitResult:
+    """x² + 0.2 x⁴ with the library's default sampler, four modes, a newcomer's small network: a mode drifts
+    onto an earlier one's shape early and stays a faint copy without the rule (measured: 25–28% off)."""
+    torch.manual_seed(1)
+    op = nsvd.operators.Schrodinger(lambda x: x[:, 0] ** 2 + 0.2 * x[:, 0] ** 4, dim=1, shift=12.0)
+    model = nsvd.models.ParallelMLP(1, 4, hidden=(32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return nsvd.fit(model, op, nsvd.NestedLoRA(4), steps=1500, batch_size=256, seed=1, progress=False,
+                        revive=revive)
+
+
+def test_recovers_a_mode_that_copies_an_earlier_one():
+    ref = _levels_1d(lambda s: s**2 + 0.2 * s**4, 4)
+    rescued = _well_run(revive=True)
+    assert rescued.extras["rescued_modes"] and rescued.extras["rescue_steps"] > 0
+    assert rescued.status == "ok"
+    assert rescued.eigenvalues.numpy() == pytest.approx(ref, rel=5e-2)
+    lost = _well_run(revive=False)  # the same run without the rule loses a level
+    assert lost.status == "unconverged"
+    assert np.abs(lost.eigenvalues.numpy() / ref - 1).max() > 0.15
+
+
+def test_resume_across_a_rescue_is_bitwise_identical(tmp_path):
+    """A run stopped after a checkpoint that follows a rescue, then resumed, ends bitwise identical to the
+    uninterrupted one (the rescue counts are in the checkpoint, the check's batches seeded by the step)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _runs import assert_identical_runs
+
+    a = _dense()
+    op = DenseOperator(torch.tensor(a, dtype=torch.float32))
+
+    def model():
+        torch.manual_seed(0)
+        m = Tabular(a.shape[0], 3)
+        with torch.no_grad():
+            m.table[:, 2] = m.table[:, 0]
+        return m
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, _):
+        if step == 60:  # after the checkpoint at step 40
+            raise Stop
+
+    kw = {"steps": 100, "batch_size": 40, "log_every": 20, "checkpoint_every": 40, "progress": False, "seed": 3,
+          "warm_start": None}  # the copy is left to the rescue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        whole = nsvd.fit(model(), op, nsvd.NestedLoRA(3), checkpoint_dir=tmp_path / "a", **kw)
+        assert whole.extras["rescued_modes"]
+        with pytest.raises(Stop):
+            nsvd.fit(model(), op, nsvd.NestedLoRA(3), checkpoint_dir=tmp_path / "b", callback=stop, **kw)
+        resumed = nsvd.fit(model(), op, nsvd.NestedLoRA(3), checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert resumed.extras["resumed_from"] == 40
+    assert resumed.extras["rescued_modes"] == whole.extras["rescued_modes"]
+    assert resumed.extras["rescue_steps"] == whole.extras["rescue_steps"]
+    assert_identical_runs(whole, resumed)
+
+
+def test_off_for_models_with_a_shared_trunk():
+    op = nsvd.operators.HarmonicOscillator(dim=1)
+    rescue = ModeRescue(nsvd.models.MLP(1, 2, hidden=(8,)), op, op.sample, 8, 0, 0, 1e-3, lambda *s: s,
+                        lambda p, *e: e)
+    assert not rescue.enabled
+    assert ModeRescue(nsvd.models.ParallelMLP(1, 2, hidden=(8,)), op, op.sample, 8, 0, 0, 1e-3,
+                      lambda *s: s, lambda p, *e: e).enabled
