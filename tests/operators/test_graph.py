@@ -178,3 +178,22 @@ def test_node_function_plot(tmp_path):
     config = get_problem("cycle-graph").default_config()
     PROBLEMS["cycle-graph"].plot(result, config, tmp_path / "nodes.png")
     assert (tmp_path / "nodes.png").stat().st_size > 0
+
+
+def test_node_model_passes_the_networks_output_gain_and_reset_through():
+    """fit's rules size and re-draw modes through ``scale_outputs``/``reset_mode``: a node model has them
+    exactly when its network has them."""
+    op = GraphOperator(_random_graph(), features=torch.randn(40, 2))
+    model = op.node_model(nsvd.models.ParallelMLP(2, 3, hidden=(8,)))
+    idx = torch.arange(40)
+    before = model(idx)
+    assert not bool(model.output_scaled)
+    model.scale_outputs(torch.tensor([2.0, 1.0, 0.5]))
+    assert bool(model.output_scaled) and model.disjoint
+    assert torch.allclose(model(idx), before * torch.tensor([2.0, 1.0, 0.5]))
+    model.reset_mode(1, torch.Generator().manual_seed(0))
+    after = model(idx)
+    assert torch.equal(after[:, [0, 2]], (before * torch.tensor([2.0, 1.0, 0.5]))[:, [0, 2]])
+    assert not torch.allclose(after[:, 1], before[:, 1])
+    plain = op.node_model(torch.nn.Linear(2, 3))
+    assert not hasattr(plain, "scale_outputs") and not hasattr(plain, "reset_mode")
