@@ -46,7 +46,7 @@ def test_surrogate_has_the_gradient_of_each_modes_objective():
 
 
 def _check_each_mode(got, f, tfx, gram, inner, rho, chosen):
-    n, L = f.shape
+    n = f.shape[0]
     scale = rho[chosen].abs().mean()
     for l in torch.nonzero(chosen).flatten().tolist():
         col = f[:, l].clone().requires_grad_(True)

@@ -179,7 +179,10 @@ def _run_locked(exp: Experiment, out_dir: Path, resume: bool, progress: bool, ec
         **header, "wall_seconds": result.wall_seconds,
         "steps_per_second": result.steps_per_second if math.isfinite(result.steps_per_second) else None,
         "status": result.status, "unconverged_modes": result.unconverged_modes, "readout": t.readout,
-        "warm_start_steps": result.extras.get("warm_start_steps"), "rollbacks": result.extras["rollbacks"], "resumed_from_step": result.extras["resumed_from"],
+        "warm_start_steps": result.extras.get("warm_start_steps"),
+        "rescued_modes": {str(k): v for k, v in result.extras.get("rescued_modes", {}).items()},
+        "rescue_steps": result.extras.get("rescue_steps"), "rollbacks": result.extras["rollbacks"],
+        "resumed_from_step": result.extras["resumed_from"],
         "norm_ratio": result.extras.get("norm_ratio"),
         **report,
     }

@@ -24,9 +24,9 @@ from .decomposition import Decomposition, Model, check_model
 from .distributed import DataParallel, data_parallel, rank_seed
 from .interrupts import StopRequests, TrainingInterrupted
 from .readout import READOUTS, estimate_eigenvalues, norm_ratio
+from .rescue import ModeRescue
 from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
-from .rescue import ModeRescue
 from .revival import ModeRevival
 from .state import (
     CHECKPOINT_KEYS,
