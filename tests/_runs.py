@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -20,14 +20,18 @@ def small_model() -> ParallelMLP:
 
 
 def on_sample(op, action: Callable[[int], None]):
-    """Call ``action(k)`` before ``op.sample``'s ``k``-th call (the validation batch is call 1, step ``k`` is
-    call ``k + 1``); ``action`` may raise or send signals."""
-    original, count = op.sample, {"n": 0}
+    """Call ``action(k)`` before ``op.sample``'s ``k``-th call with the run's own generator (the validation
+    batch is call 1, step ``k`` is call ``k + 1``; draws with other generators, such as the checks of the
+    rescue rule, are not counted); ``action`` may raise or send signals."""
+    original, count = op.sample, {"n": 0, "generator": None}
 
-    def sample(*args, **kwargs):
-        count["n"] += 1
-        action(count["n"])
-        return original(*args, **kwargs)
+    def sample(n, generator=None, *args, **kwargs):
+        if count["generator"] is None:
+            count["generator"] = generator  # the first draw is the run's validation batch
+        if generator is count["generator"]:
+            count["n"] += 1
+            action(count["n"])
+        return original(n, generator, *args, **kwargs)
 
     op.sample = sample
     return op

@@ -158,16 +158,11 @@ def test_fit_refuses_a_batch_that_cannot_fit_before_training():
 
 
 def test_allocation_failure_during_training_is_clear_and_keeps_the_checkpoint(tmp_path):
-    op, count = HarmonicOscillator(2), {"n": 0}
-    original = op.sample
-
-    def sample(*args, **kwargs):
-        count["n"] += 1
-        if count["n"] == 30:
+    def fail(k: int) -> None:
+        if k == 30:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
-        return original(*args, **kwargs)
 
-    op.sample = sample
+    op = on_sample(HarmonicOscillator(2), fail)
     with pytest.raises(ResourceError, match=r"out of memory on cpu at step 29; the last checkpoint .* \(step 20\)"):
         nsvd.fit(_model(), op, nsvd.NestedLoRA(2), checkpoint_dir=tmp_path, **FIT)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 20

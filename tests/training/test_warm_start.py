@@ -122,7 +122,6 @@ def test_recovers_modes_that_start_at_negative_quotients():
     assert needs_warm_start(model, op, op.sample(256, torch.Generator().manual_seed(0)))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no revival, no unconverged mode
-        warnings.filterwarnings("ignore", "mode .* mostly copied earlier modes", RuntimeWarning)  # rescues may act
         result = nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=3000, batch_size=256, progress=False)
     assert result.extras["warm_start_steps"] > 0
     assert result.status == "ok"

@@ -56,7 +56,7 @@ class NodeFeatures(nn.Module):
         self.register_buffer("features", torch.as_tensor(features))
 
     #: attributes of ``net`` that training rules use (output gain, per-mode reset), passed through
-    DELEGATED = ("scale_outputs", "output_scaled", "reset_mode", "disjoint")
+    DELEGATED = ("scale_outputs", "output_gain", "output_scaled", "reset_mode", "disjoint")
 
     def __getattr__(self, name: str):
         if name in NodeFeatures.DELEGATED:

@@ -120,7 +120,8 @@ def fit(
             (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.training.revival`),
             and warm-start again a mode that mostly copies earlier modes (NestedLoRA, EVD, models whose modes
             have parameters of their own; never at the optimum, see :mod:`~neuralsvd.training.rescue`;
-            ``FitResult.extras["rescued_modes"]``, ``["rescue_steps"]``).
+            ``FitResult.extras["rescued_modes"]`` (mode → tries), ``["rescue_steps"]``, ``["rescues"]`` (one
+            record per try)).
         init_ratio: before the first step, shrink each mode of a NestedLoRA loss (a loss with a norm
             estimator) whose ``‖f_l‖²`` exceeds ``init_ratio · |ρ_l|`` (``ρ_l`` its Rayleigh quotient) to that
             cap, through the model's fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP;
@@ -337,6 +338,7 @@ def _result(run: TrainingState, dec: Decomposition, operator: Operator, loss: Sp
         extras={"warm_start_steps": run.warm_start_steps, "rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start,
                 "rescued_modes": {} if run.rescue is None else dict(run.rescue.count),
                 "rescue_steps": 0 if run.rescue is None else run.rescue.steps,
+                "rescues": [] if run.rescue is None else [dict(r) for r in run.rescue.log],
                 "norm_ratio": None if ratio is None else ratio.tolist()},
     )
 

@@ -32,11 +32,12 @@ run in which the rule never fires, are the same as without it; a resumed run rep
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from ..losses.base import SpectralLoss
 from ..operators.base import Operator
 from .revival import forget_changed
 from .warm_start import Mean, _statistics, deflated_quotients, warm_start
@@ -53,7 +54,8 @@ RESCUE_STEPS = 250
 
 def copied_modes(gram: Tensor, inner: Tensor) -> Tensor:
     """``(L,)`` bool: modes with ``ρ̃_l ≤ COPY_FRACTION · ρ_l`` for the Gram matrix ``G = E[f fᵀ]`` ``(L, L)``
-    and ``a_l = ⟨f_l, T f_l⟩`` ``(L,)`` (mode 0 never: nothing comes before it). Modes of zero norm are left
+    and ``a_l = ⟨f_l, T f_l⟩`` ``(L,)``. Since ``ρ̃_l ≤ ρ_l``, this includes every mode with ``ρ_l ≤ 0``
+    (mode 0 only then: nothing comes before it), whose best size is zero too. Modes of zero norm are left
     to the revival rule (:mod:`~neuralsvd.training.revival`)."""
     norms = gram.diagonal()
     rho = inner / norms
@@ -75,8 +77,9 @@ class ModeRescue:
         mean, average_gradients: the data-parallel reductions of :func:`~neuralsvd.training.warm_start.warm_start`.
     """
 
-    def __init__(self, model: nn.Module, operator: Operator, sample, batch_size: int, seed: int, rank: int,
-                 lr: float, mean: Mean, average_gradients):
+    def __init__(self, model: nn.Module, operator: Operator, sample: Callable[[int, torch.Generator], Tensor],
+                 batch_size: int, seed: int, rank: int, lr: float, mean: Mean,
+                 average_gradients: Callable[..., tuple[Tensor, ...]]):
         self.model, self.operator, self.sample, self.batch_size = model, operator, sample, batch_size
         self.seed, self.rank, self.lr = seed, rank, lr
         self.mean, self.average_gradients = mean, average_gradients
@@ -84,19 +87,24 @@ class ModeRescue:
                         and bool(getattr(model, "disjoint", True)))
         self.count: dict[int, int] = {}  # mode -> rescues so far
         self.steps = 0  # batches spent in rescues
+        self.log: list[dict[str, float | int | bool]] = []  # one record per try
 
     def state_dict(self) -> dict[str, object]:
-        return {"count": dict(self.count), "steps": self.steps}
+        return {"count": dict(self.count), "steps": self.steps, "log": [dict(r) for r in self.log]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.count = {int(k): int(v) for k, v in dict(state.get("count", {})).items()}
         self.steps = int(state.get("steps", 0))
+        self.log = [dict(r) for r in state.get("log", [])]
 
-    def __call__(self, step: int, optimizer: torch.optim.Optimizer, ema: list[Tensor] | None, loss) -> list[int]:
-        """Check the modes at ``step``, rescue the copied ones (warning) and return them."""
+    def __call__(self, step: int, optimizer: torch.optim.Optimizer, ema: list[Tensor] | None,
+                 loss: SpectralLoss) -> list[int]:
+        """Check the modes at ``step``, try to rescue the first copied one (recorded in :attr:`log`: step,
+        mode, the deflated and plain quotients before, the deflated one after, batches, whether it was kept)
+        and return the modes rescued (``[]`` or ``[l]``)."""
         if not self.enabled:
             return []
-        generator = torch.Generator(device=self.operator_device())
+        generator = torch.Generator(device=self._device())
         generator.manual_seed(((self.seed * 1_000_003 + step) * 4099 + self.rank) * 2 + 1)
         draw = lambda: self.sample(self.batch_size, generator)
         check = draw()
@@ -115,21 +123,19 @@ class ModeRescue:
                            average_gradients=self.average_gradients, modes=mask, fraction=COPY_FRACTION)
         self.steps += taken
         after = self._quotients(check)[1][mode]
-        what = (f"mode {mode} mostly copied earlier modes at step {step} (deflated quotient "
-                f"{float(rho_tilde[mode]):.3g} of {float(rho[mode]):.3g})")
-        if not bool(after > rho_tilde[mode]):  # no better on the check's batch: undo
+        kept = bool(after > rho_tilde[mode])
+        self.log.append({"step": step, "mode": mode, "deflated_before": float(rho_tilde[mode]),
+                         "quotient_before": float(rho[mode]), "deflated_after": float(after), "batches": taken,
+                         "kept": kept})
+        if not kept:  # no better on the check's batch: undo
             with torch.no_grad():
                 for p, old in zip(params, before):
                     p.copy_(old)
                 if gain is not None:
                     self.model.output_gain.copy_(gain)
-            warnings.warn(f"{what}: warm-starting it again did not raise its deflated quotient in {taken} "
-                          "batches; left as it was (see neuralsvd.training.rescue)", RuntimeWarning, stacklevel=3)
             return []
         forget_changed(params, before, optimizer, ema)
         loss.reset_mode(mode)
-        warnings.warn(f"{what}: warm-started it again in the deflated space ({taken} batches, deflated quotient "
-                      f"now {float(after):.3g}; see neuralsvd.training.rescue)", RuntimeWarning, stacklevel=3)
         return [mode]
 
     @torch.no_grad()
@@ -138,6 +144,6 @@ class ModeRescue:
         _, _, gram, inner = _statistics(self.model, self.operator, x, self.mean)
         return inner / gram.diagonal(), deflated_quotients(gram, inner), copied_modes(gram, inner)
 
-    def operator_device(self) -> torch.device:
+    def _device(self) -> torch.device:
         first = next(self.model.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
