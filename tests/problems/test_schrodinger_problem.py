@@ -109,3 +109,19 @@ def test_callable_potential(tmp_path, monkeypatch):
     op = make_operator(config)  # E_0 = 2 ω = 4 for V = 4 |x|² (ω = 2)
     assert isinstance(config.operator["shift"], float) and op.shift > 4
     assert isinstance(config, ExperimentConfig) and config.operator["auto_choices"]["shift"].startswith(f"{op.shift:g}")
+
+
+def test_automatic_sampler_adds_a_core_component_only_for_a_tight_ground_state():
+    """3D Coulomb: the ground state (extent ≈ 1: ⟨x_a²⟩ = 1 for e^{-r}) is far tighter than the n = 2 shell,
+    so the sampler is an equal mixture with a component at the ground state's scale; the 1:1.5 oscillator
+    (ground extent 0.41 of the modes') keeps one Gaussian at twice the modes' extent."""
+    coulomb = get_problem("schrodinger").default_config().with_overrides(
+        ["operator.potential=-2/sqrt(x0**2+x1**2+x2**2)", "operator.dim=3", "modes=5"])
+    op = make_operator(coulomb)
+    core, wide = coulomb.operator["sampler_std"]
+    assert 0.8 < core < 1.4 and wide > 3 * core  # the true ground-state extent is 1
+    assert "an equal mixture" in coulomb.operator["auto_choices"]["sampler_std"]
+    assert len(op.sampler.components) == 2
+    aniso = get_problem("schrodinger").default_config().with_overrides([ANISO, "operator.dim=2", "modes=7"])
+    make_operator(aniso)
+    assert isinstance(aniso.operator["sampler_std"], float) and aniso.operator["sampler_std"] == pytest.approx(3.5)

@@ -8,7 +8,10 @@ finite-difference solve on a box that holds the wanted modes (d ≤ 3):
 - ``shift = E_{L-1} + max(E_{L-1} - E_0, kinetic / extent²)``: every wanted mode gets a positive
   ``T``-eigenvalue, the lowest at least twice the highest's margin (``extent``: how far the modes reach
   along an axis, :func:`neuralsvd.numerics.reference_grid.auto_box`);
-- ``sampler_std = 2 extent`` (a Gaussian ``N(0, σ² I)``), ``model.envelope_scale = 2.5 sampler_std``.
+- ``sampler_std = 2 extent`` (a Gaussian ``N(0, σ² I)``), ``model.envelope_scale = 2.5 sampler_std``. When
+  the ground state alone (its own coarse solve) reaches less than :data:`CORE_RATIO` of that extent, as
+  near a Coulomb singularity, the sampler is an equal mixture of ``N(0, extent_0² I)`` and the wide
+  Gaussian, so the tight state is sampled where it lives.
 
 With ``operator.reference`` ``"grid"`` (``"auto"``: for d ≤ 2) the run also solves the problem on three
 grids (:mod:`neuralsvd.numerics.reference_grid`) and metrics.json gets ``reference_*`` fields: the energies, their
@@ -38,6 +41,9 @@ __all__ = ["DEFAULT_POTENTIAL", "REFERENCES", "REFERENCE_POINTS"]
 DEFAULT_POTENTIAL = "x0**2 + 2.25*x1**2"
 #: values of ``operator.reference``
 REFERENCES = ("auto", "grid", "none")
+#: the automatic sampler adds a component for the ground state when its extent is below this fraction of
+#: the modes' (3D hydrogen: 0.22; smooth wells and oscillators of the robustness suite: 0.41–0.65)
+CORE_RATIO = 1 / 3
 #: grid points per axis of the reference's middle grid (it also solves on half and twice as many)
 REFERENCE_POINTS = {1: 800, 2: 128, 3: 24}
 #: points at which the potential must be finite: this many sampler draws
@@ -105,6 +111,11 @@ def _prepare(config: ExperimentConfig) -> None:
     if "sampler_std" in auto:
         p["sampler_std"] = _round_up(2 * extent, 2)
         choices["sampler_std"] = f"{p['sampler_std']:g} = 2 extent from {where}"
+        _, core = auto_box(potential, dim, 1, p["kinetic"])
+        if core < CORE_RATIO * extent:  # a ground state much tighter than the rest (e.g. a Coulomb cusp)
+            p["sampler_std"] = (_round_up(core, 2), p["sampler_std"])
+            choices["sampler_std"] = (f"{p['sampler_std']} = (the ground state's own extent {core:.3g}, below "
+                                      f"{CORE_RATIO:.2g} extent; 2 extent) from {where}: an equal mixture")
     if auto_envelope:
         stds = p.get("sampler_std")
         widest = max(stds) if isinstance(stds, (tuple, list)) else stds if stds is not None else 2 * extent
