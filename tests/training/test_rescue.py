@@ -92,7 +92,7 @@ def _levels_1d(potential, k, lo=-8.0, hi=8.0, n=4000):
     return eigh_tridiagonal(2 / h**2 + potential(x), -np.ones(n - 1) / h**2, select="i", select_range=(0, k - 1))[0]
 
 
-def _well_run(revive: bool) -> nsvd.FitResult:
+def _well_run(rescue: bool) -> nsvd.FitResult:
     """x² + 0.2 x⁴ with the library's default sampler, four modes, a newcomer's small network: a mode drifts
     onto an earlier one's shape early and stays a faint copy without the rule (measured: 25–28% off)."""
     torch.manual_seed(1)
@@ -101,16 +101,16 @@ def _well_run(revive: bool) -> nsvd.FitResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return nsvd.fit(model, op, nsvd.NestedLoRA(4), steps=1500, batch_size=256, seed=1, progress=False,
-                        revive=revive)
+                        rescue=rescue)
 
 
 def test_recovers_a_mode_that_copies_an_earlier_one():
     ref = _levels_1d(lambda s: s**2 + 0.2 * s**4, 4)
-    rescued = _well_run(revive=True)
+    rescued = _well_run(rescue=True)
     assert rescued.extras["rescued_modes"] and rescued.extras["rescue_steps"] > 0
     assert rescued.status == "ok"
     assert rescued.eigenvalues.numpy() == pytest.approx(ref, rel=5e-2)
-    lost = _well_run(revive=False)  # the same run without the rule loses a level
+    lost = _well_run(rescue=False)  # the same run without the rule loses a level
     assert lost.status == "unconverged"
     assert np.abs(lost.eigenvalues.numpy() / ref - 1).max() > 0.15
 
@@ -160,3 +160,15 @@ def test_off_for_models_with_a_shared_trunk():
     assert not rescue.enabled
     assert ModeRescue(nsvd.models.ParallelMLP(1, 2, hidden=(8,)), op, op.sample, 8, 0, 0, 1e-3,
                       lambda *s: s, lambda p, *e: e).enabled
+
+
+def test_off_in_the_hydrogen_presets_and_switchable():
+    """The hydrogen presets run without the rescue (it cost the 16-mode run a mode); fit(rescue=False) records
+    no try."""
+    from neuralsvd.problems import get_problem
+
+    assert all(get_problem(name).default_config().train.rescue is False
+               for name in ("hydrogen", "hydrogen3d", "hydrogen-paper"))
+    assert get_problem("oscillator").default_config().train.rescue is True
+    off = _well_run(rescue=False)
+    assert off.extras["rescued_modes"] == {} and off.extras["rescues"] == []

@@ -153,10 +153,10 @@ def _flaky_oscillator(bad_calls: range) -> Schrodinger:
 
 def test_transient_nan_is_rolled_back_and_training_recovers():
     with pytest.warns(RuntimeWarning, match="rolled back to step 20"):
-        # revive=False: the rescue's checks evaluate the potential too and would take call 25 (a NaN there is
+        # rescue=False: the rescue's checks evaluate the potential too and would take call 25 (a NaN there is
         # simply not acted on); here the call must be a training step's
         res = nsvd.fit(_model(), _flaky_oscillator(range(25, 26)), nsvd.NestedLoRA(2),
-                       **{**FIT, "log_every": 20, "revive": False})
+                       **{**FIT, "log_every": 20, "rescue": False})
     assert res.extras["rollbacks"] == 1 and res.extras["lr_scale"] == 0.5
     assert bool(torch.isfinite(res.eigenvalues).all()) and bool(torch.isfinite(res.history["loss"]).all())
 

@@ -60,6 +60,7 @@ class TrainConfig:
     max_rollbacks: int = 3
     lr_backoff: float = 0.5
     revive: bool = True
+    rescue: bool = True
     init_ratio: Any = 1.0
     warm_start: Any = 1000
 

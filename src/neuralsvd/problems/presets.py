@@ -81,7 +81,7 @@ def _hydrogen_paper() -> ExperimentConfig:
                       sampler_exp_scale=None, model_output="ratio"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", fourier_features=1024, fourier_scale=0.1),
         train=TrainConfig(steps=500_000, batch_size=128, optimizer="rmsprop", lr=1e-4, schedule="cosine",
-                          ema_decay=0.995, init_ratio=None),  # the authors' start: no initial-size cap
+                          ema_decay=0.995, init_ratio=None, rescue=False),  # the authors' start: no cap, no rescue
     )
 
 
@@ -104,7 +104,8 @@ def _hydrogen() -> ExperimentConfig:
                       laplacian="exact", sampler_exp_scale=(0.5, 2.0, 8.0), model_output="psi"),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
-        train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None),
+        train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None,
+                          rescue=False),  # the rescue costs the 16-mode run (docs/convergence-study.md §11)
     )
 
 

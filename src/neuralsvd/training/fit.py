@@ -80,6 +80,7 @@ def fit(
     lr_backoff: float = 0.5,
     readout: str = "rayleigh",
     revive: bool = True,
+    rescue: bool = True,
     init_ratio: float | None = INIT_RATIO,
     warm_start: int | None = WARM_START,
     compile: bool = False,
@@ -117,11 +118,11 @@ def fit(
         readout: ``"rayleigh"`` (per-mode Rayleigh quotients) or ``"ritz"`` (Rayleigh–Ritz in the learned
             span; EVD only), see :func:`~neuralsvd.training.readout.estimate_eigenvalues`.
         revive: re-initialize a mode that collapsed to ``f ≈ 0``, a stationary point of NestedLoRA
-            (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.training.revival`),
-            and warm-start again a mode that mostly copies earlier modes (NestedLoRA, EVD, models whose modes
-            have parameters of their own; never at the optimum, see :mod:`~neuralsvd.training.rescue`;
-            ``FitResult.extras["rescued_modes"]`` (mode → tries), ``["rescue_steps"]``, ``["rescues"]`` (one
-            record per try)).
+            (checked every ``log_every`` steps, warning; never at the optimum, see :mod:`~neuralsvd.training.revival`).
+        rescue: warm-start again a mode that mostly copies earlier modes (checked every ``log_every`` steps;
+            NestedLoRA, EVD, models whose modes have parameters of their own; never at the optimum, see
+            :mod:`~neuralsvd.training.rescue`; ``FitResult.extras["rescued_modes"]`` (mode → tries),
+            ``["rescue_steps"]``, ``["rescues"]`` (one record per try)).
         init_ratio: before the first step, shrink each mode of a NestedLoRA loss (a loss with a norm
             estimator) whose ``‖f_l‖²`` exceeds ``init_ratio · |ρ_l|`` (``ρ_l`` its Rayleigh quotient) to that
             cap, through the model's fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP;
@@ -197,7 +198,7 @@ def fit(
                 loss.prepare(operator)
                 run = TrainingState(modules, dec, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay,
                                     seed, device, dtype, rank_batch, world, compile)
-                if revive and loss.norms_are_eigenvalues and not dec.is_svd:
+                if rescue and loss.norms_are_eigenvalues and not dec.is_svd:
                     run.rescue = ModeRescue(modules[0], operator, lambda n, g: dec.sample(operator, n, g, dtype),
                                             rank_batch, seed, world.rank, lr, loss.batch_mean, world.average_gradients)
                 if resume:
