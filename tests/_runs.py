@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from neuralsvd.models import ParallelMLP
+from neuralsvd.models import ParallelMLP, Tabular
+from neuralsvd.operators import DenseOperator
 
 #: a short run with checkpoints every 20 steps and an EMA (so every piece of state must be restored); no warm
 #: start, whose extra batches would shift the sampling hooks' counts (resume after a warm start: its own test)
@@ -43,3 +45,23 @@ def assert_identical_runs(whole, resumed) -> None:
         assert torch.equal(p.detach(), q.detach())
     assert torch.equal(whole.eigenvalues, resumed.eigenvalues)
     assert torch.equal(whole.history["loss"], resumed.history["loss"])
+
+
+def dense_with_top(top: tuple[float, ...], low: tuple[float, float], n: int = 40, seed: int = 0) -> np.ndarray:
+    """A random symmetric ``(n, n)`` matrix with the eigenvalues ``top`` and ``n - len(top)`` others uniform in
+    ``low``."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.concatenate([top, rng.uniform(*low, n - len(top))])
+    return q @ np.diag(lam) @ q.T
+
+
+def tabular_at_optimum(a: np.ndarray, modes: int) -> tuple[DenseOperator, Tabular, np.ndarray]:
+    """The float64 operator of ``a``, a ``Tabular`` at NestedLoRA's optimum ``f_l = √λ_l φ_l`` for its top
+    ``modes`` eigenpairs, and those eigenvalues (descending)."""
+    lam, vec = np.linalg.eigh(a)
+    lam, vec = lam[::-1][:modes].copy(), vec[:, ::-1][:, :modes].copy()
+    model = Tabular(a.shape[0], modes).double()
+    with torch.no_grad():  # the operator's inner product is the mean over indices: φ scaled by √N
+        model.table.copy_(torch.tensor(vec * np.sqrt(a.shape[0]) * np.sqrt(lam)))
+    return DenseOperator(torch.tensor(a)), model, lam

@@ -4,13 +4,12 @@ benchmark or preset was tuned on (against a 1D finite-difference solve), and exa
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _runs import assert_identical_runs, dense_with_top, tabular_at_optimum
 from scipy.linalg import eigh_tridiagonal
 
 import neuralsvd as nsvd
@@ -38,24 +37,15 @@ def test_copied_modes_by_hand():
     assert copied_modes(gram, torch.tensor([1.0, 0.0], dtype=F64)).tolist() == [False, False]
 
 
-def _dense(top=(3.0, 2.0, 1.5), n=40, seed=1):
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    lam = np.concatenate([top, rng.uniform(-1.0, 0.5, n - len(top))])
-    return q @ np.diag(lam) @ q.T
+def _dense() -> np.ndarray:
+    return dense_with_top((3.0, 2.0, 1.5), (-1.0, 0.5), seed=1)
 
 
 def test_the_optimum_is_a_fixed_point():
     """At f_l = √λ_l φ_l every ρ̃_l = ρ_l = λ_l: no mode is copied, and fit with the rule on leaves the
     optimum where it is."""
-    a = _dense()
-    lam, vec = np.linalg.eigh(a)
-    lam, vec = lam[::-1][:3].copy(), vec[:, ::-1][:, :3].copy()
-    op = DenseOperator(torch.tensor(a))
-    model = Tabular(a.shape[0], 3).double()
-    with torch.no_grad():  # the operator's inner product is the mean over indices: φ scaled by √N
-        model.table.copy_(torch.tensor(vec * np.sqrt(a.shape[0]) * np.sqrt(lam)))
-    x = torch.arange(a.shape[0])
+    op, model, lam = tabular_at_optimum(_dense(), 3)
+    x = torch.arange(40)
     fx, tfx = op.apply(model, x)
     assert not copied_modes(fx.T @ fx / len(x), (fx * tfx).mean(0)).any()
     result = nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=40, batch_size=40, progress=False, lr=1e-12, log_every=10)
@@ -118,9 +108,6 @@ def test_recovers_a_mode_that_copies_an_earlier_one():
 def test_resume_across_a_rescue_is_bitwise_identical(tmp_path):
     """A run stopped after a checkpoint that follows a rescue, then resumed, ends bitwise identical to the
     uninterrupted one (the rescue counts are in the checkpoint, the check's batches seeded by the step)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from _runs import assert_identical_runs
-
     a = _dense()
     op = DenseOperator(torch.tensor(a, dtype=torch.float32))
 

@@ -5,11 +5,11 @@ covariance, and modes that start at negative Rayleigh quotients recovered on pro
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _runs import FIT, assert_identical_runs, dense_with_top, small_model, tabular_at_optimum
 from scipy.linalg import eigh_tridiagonal
 
 import neuralsvd as nsvd
@@ -59,24 +59,15 @@ def _check_each_mode(got, f, tfx, gram, inner, rho, chosen):
         assert torch.allclose(got[:, l], want, atol=1e-12)
 
 
-def _dense(top=(3.0, 2.0, 1.0), n=40, low=(-20.0, -5.0), seed=0):
-    """A symmetric matrix with the eigenvalues ``top`` and ``n - len(top)`` negative ones in ``low``."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    lam = np.concatenate([top, rng.uniform(*low, n - len(top))])
-    return q @ np.diag(lam) @ q.T
+def _dense() -> np.ndarray:
+    """Eigenvalues 3, 2, 1 and 37 negative ones in [−20, −5]."""
+    return dense_with_top((3.0, 2.0, 1.0), (-20.0, -5.0), seed=0)
 
 
 def test_the_optimum_is_left_alone():
     """At f_l = √λ_l φ_l every ρ̃_l = λ_l > 0: no warm start, and fit leaves the start as given."""
-    a = _dense()
-    lam, vec = np.linalg.eigh(a)
-    lam, vec = lam[::-1][:3].copy(), vec[:, ::-1][:, :3].copy()
-    op = DenseOperator(torch.tensor(a))
-    model = Tabular(a.shape[0], 3).double()
-    with torch.no_grad():  # the operator's inner product is the mean over indices: φ scaled by √N
-        model.table.copy_(torch.tensor(vec * np.sqrt(a.shape[0]) * np.sqrt(lam)))
-    x = torch.arange(a.shape[0])
+    op, model, lam = tabular_at_optimum(_dense(), 3)
+    x = torch.arange(40)
     fx, tfx = op.apply(model, x)
     gram, inner = fx.T @ fx / len(x), (fx * tfx).mean(0)
     assert deflated_quotients(gram, inner).tolist() == pytest.approx(lam.tolist(), rel=1e-10)
@@ -145,11 +136,6 @@ def test_warm_start_is_scale_covariant():
 def test_resume_after_a_warm_start_is_bitwise_identical(tmp_path):
     """The warm start happens once, before step 0; a run stopped after a checkpoint and resumed ends
     bitwise identical to the uninterrupted one."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from _runs import FIT, assert_identical_runs, small_model
-
     class Stop(Exception):
         pass
 
