@@ -91,7 +91,12 @@ def test_node_features_model_and_errors():
     net = torch.nn.Linear(3, 2)
     model = op.node_model(net)
     idx = torch.tensor([1, 7])
-    torch.testing.assert_close(model(idx), net(feats[idx].float()))
+    a = _random_graph()
+    degree = torch.as_tensor(np.asarray(a.sum(1)).ravel())
+    weight = (degree / degree.mean()).sqrt()[idx].float().unsqueeze(1)  # normalized M: sqrt(d_i / mean d)
+    torch.testing.assert_close(model(idx), weight * net(feats[idx].float()))
+    plain = GraphOperator(a, features=feats, normalized=False).node_model(net)
+    torch.testing.assert_close(plain(idx), net(feats[idx].float()))
     with pytest.raises(ValueError, match="no node features"):
         GraphOperator(_random_graph()).node_model(net)
     with pytest.raises(ValueError, match="integer node indices"):
@@ -104,6 +109,19 @@ def test_node_features_model_and_errors():
         GraphOperator(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0.0]]))
     with pytest.raises(ValueError, match="no closed form"):
         GridGraph(3, 3, normalized=True)
+
+
+def test_node_weight_makes_the_random_walk_eigenvectors_the_network_target():
+    """The eigenvectors of D^-1/2 A D^-1/2 divided by the node weight are those of the random walk D^-1 A
+    (the top one constant): what the network on node features has to learn."""
+    a = _random_graph(seed=3)
+    op = GraphOperator(a, features=np.zeros((40, 1)))
+    w, v = np.linalg.eigh(op.matrix.toarray())
+    u = v[:, ::-1][:, :3] / op.node_weight.numpy()[:, None]  # (N, 3)
+    walk = np.asarray(a.toarray() if hasattr(a, "toarray") else a)
+    walk = walk / walk.sum(1, keepdims=True)
+    np.testing.assert_allclose(walk @ u, u * w[::-1][:3], atol=1e-10)
+    np.testing.assert_allclose(u[:, 0] / u[0, 0], 1.0, atol=1e-10)
 
 
 def _fit_tabular(op, modes, steps, lr):

@@ -136,6 +136,7 @@ class _BatchedMLP(OutputGain):
         self.box = None if box is None else 0.5 * (high - low)  # half-width D
         self.box_center = 0.0 if box is None else 0.5 * (high + low)
         self.radial = bool(radial)
+        self.widths = hidden  # hidden widths, as given
         if fourier_features > 0:
             # shared random frequencies; features [cos 2π xB, sin 2π xB]
             self.register_buffer("frequencies", fourier_scale * torch.randn(in_features, fourier_features))

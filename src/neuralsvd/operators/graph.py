@@ -44,16 +44,26 @@ __all__ = ["CycleGraph", "GraphOperator", "GridGraph", "NodeFeatures"]
 
 
 class NodeFeatures(nn.Module):
-    """A network on node features as a function of node indices: ``index (n,) -> net(features[index])``.
+    """A network on node features as a function of node indices: ``index (n,) -> w[index] · net(features[index])``.
 
-    ``net`` maps ``(n, d) -> (n, L)``; after training, ``net`` itself evaluates the learned functions on
-    the features of new nodes (out-of-sample extension).
+    ``net`` maps ``(n, d) -> (n, L)``; ``w`` ``(N,)`` is a fixed per-node weight (default 1). For the
+    normalized operator ``M = D^{-1/2} A D^{-1/2}`` :meth:`GraphOperator.node_model` sets
+    ``w = sqrt(d_i / mean d)``: the eigenvectors of ``M`` are ``D^{1/2} u`` with ``u`` those of the random walk
+    ``D^{-1} A``, which vary smoothly over the graph while ``D^{1/2}`` carries the node-to-node noise of
+    the degrees; so ``net`` learns the ``u`` (Laplacian eigenmaps' embedding, the top one constant). After
+    training, ``net`` evaluates those ``u`` on the features of new nodes (out-of-sample extension; times
+    ``w`` of the new node for the eigenvectors of ``M``).
     """
 
-    def __init__(self, net: nn.Module, features: Tensor):
+    def __init__(self, net: nn.Module, features: Tensor, weight: Tensor | None = None):
         super().__init__()
         self.net = net
         self.register_buffer("features", torch.as_tensor(features))
+        if weight is not None:
+            weight = torch.as_tensor(weight)
+            if weight.shape != (self.features.shape[0],):
+                raise ValueError(f"weight must be (N,) = ({self.features.shape[0]},), got shape {tuple(weight.shape)}")
+        self.register_buffer("weight", weight)
 
     #: attributes of ``net`` that training rules use (output gain, per-mode reset), passed through
     DELEGATED = ("scale_outputs", "output_gain", "output_scaled", "reset_mode", "disjoint")
@@ -69,8 +79,12 @@ class NodeFeatures(nn.Module):
                 f"NodeFeatures expects integer node indices of shape (n,), got dtype {index.dtype}"
             )
         p = next(self.net.parameters(), None)
-        x = self.features[index.reshape(-1)]
-        return self.net(x.to(p.dtype) if p is not None else x)
+        index = index.reshape(-1)
+        x = self.features[index]
+        out = self.net(x.to(p.dtype) if p is not None else x)  # (n, L)
+        if self.weight is None:
+            return out
+        return out * self.weight[index].to(out.dtype).unsqueeze(1)
 
 
 def _as_csr(adjacency: sp.spmatrix | sp.sparray | np.ndarray | Tensor) -> sp.csr_array:
@@ -121,6 +135,9 @@ class GraphOperator(Operator):
                 )
             scale = sp.diags_array(1 / np.sqrt(degree))
             a = sp.csr_array(scale @ a @ scale)
+            self.node_weight: Tensor | None = torch.from_numpy(np.sqrt(degree / degree.mean()))  # (N,)
+        else:
+            self.node_weight = None
         if not (isinstance(shift, (int, float)) and math.isfinite(shift)):
             raise ValueError(f"shift must be a finite number, got {shift!r}")
         self.matrix, self.normalized, self.num_nodes, self.shift = a, bool(normalized), n, float(shift)
@@ -136,12 +153,13 @@ class GraphOperator(Operator):
         self._reference: dict[int, tuple[Tensor, Tensor]] = {}
 
     def node_model(self, net: nn.Module) -> NodeFeatures:
-        """``net`` on the node features, as a model of node indices."""
+        """``net`` on the node features, as a model of node indices; for the normalized operator weighted by
+        ``sqrt(d_i / mean d)`` (:class:`NodeFeatures`: ``net`` then learns the random walk's eigenvectors)."""
         if self.features is None:
             raise ValueError(
                 "this GraphOperator has no node features; pass features=(N, d) or use models.Tabular"
             )
-        return NodeFeatures(net, self.features)
+        return NodeFeatures(net, self.features, self.node_weight)
 
     def sample(self, n, generator=None, dtype=None):
         return self.sampler.sample(n, generator)

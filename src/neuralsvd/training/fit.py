@@ -17,6 +17,7 @@ import torch
 
 from .._validation import check_positive_int
 from ..losses.base import SpectralLoss
+from ..models.learning_rate import default_lr
 from ..operators.base import Operator
 from .calibration import INIT_RATIO, calibrate_output_scale
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -62,7 +63,7 @@ def fit(
     steps: int = 10_000,
     batch_size: int = 128,
     optimizer: str = "adam",
-    lr: float = 1e-3,
+    lr: float | None = None,
     schedule: str = "cosine",
     warmup: int = 0,
     ema_decay: float | None = None,
@@ -98,7 +99,9 @@ def fit(
             loss is told so and uses exact full-batch moments.
 
     **Other arguments** (keyword-only):
-        optimizer: ``"adam"``, ``"rmsprop"`` (α = 0.999, ε = 1e-10 as the authors) or ``"sgd"``; ``lr``.
+        optimizer: ``"adam"``, ``"rmsprop"`` (α = 0.999, ε = 1e-10 as the authors) or ``"sgd"``; ``lr``
+            (``None``: :func:`~neuralsvd.models.default_lr` of the model: ``1e-3`` for the 128-wide networks,
+            ``1e-3 · 128 / width`` for others, ``1e-2`` for ``Tabular``).
         schedule: ``"cosine"`` (to zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps.
         ema_decay: keep an exponential moving average of the weights and return it (e.g. 0.995).
         seed: seeds the sampling generator (and torch's global RNG).
@@ -158,6 +161,7 @@ def fit(
     ``OSError`` when a checkpoint cannot be written (the previous one is intact).
     """
     world = data_parallel(distributed, device)
+    lr = default_lr(model) if lr is None else lr
     rank_batch = _rank_batch(batch_size, world)
     dec = _check_fit_args(model, operator, loss, steps, rank_batch, optimizer, lr, schedule, warmup, ema_decay,
                           log_every, eval_batches, eval_batch_size, max_rollbacks, lr_backoff, checkpoint_every,
