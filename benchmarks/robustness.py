@@ -22,7 +22,7 @@ spectrum's scale. A run's error is its worst level's. A run that raises (diverge
 Suites: ``main`` (the benchmark) and ``holdout`` (other untuned problems of the same kinds, only for checking
 that a change generalizes; never tune on it). ``--quick``: the quick problems, one seed, a small budget.
 
-    python benchmarks/robustness.py --methods neuralsvd,neuralef --steps 1500 --seeds 0 1 2 3 4 \\
+    python benchmarks/robustness.py --methods neuralsvd,neuralef --steps 4000 --seeds 0 1 2 3 4 \\
         --sizes default,small --jobs 2 --json docs/figures/robustness.json --plot docs/figures/robustness.png
 """
 
@@ -55,7 +55,7 @@ import neuralsvd as nsvd
 from neuralsvd.problems import make_loss
 
 #: the step budget of the suite (see docs/robustness.md for why)
-STEPS = 1500
+STEPS = 4000
 BATCH_SIZE = 256
 TOLERANCE = 0.01
 NORM_RATIO_RANGE = (0.5, 2.0)
