@@ -457,8 +457,8 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| method | model size | successes / runs | success rate | failed on a norm ratio | "
-             "median error (worst level) | s / run (wall) | s / run (CPU) |",
+    lines = [("| method | model size | successes / runs | success rate | failed on a norm ratio | "
+              "median error (worst level) | s / run (wall) | s / run (CPU) |"),
              "|---|---|---|---|---|---|---|---|"]
     for s in summary(rows):
         lines.append(f"| {s['method']} | {s['size']} | {s['successes']}/{s['runs']} | {s['success_rate']:.0%} | "
