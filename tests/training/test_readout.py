@@ -41,3 +41,68 @@ def test_monte_carlo_readout_without_a_quadrature():
     res = nsvd.fit(_Exact(osc, 3), op, nsvd.NestedLoRA(3), steps=0, batch_size=8, progress=False,
                    dtype=torch.float64, eval_batches=2, eval_batch_size=256)
     torch.testing.assert_close(res.eigenvalues, osc.exact_eigenvalues(3), rtol=1e-10, atol=0)
+
+
+class _Gaussians(nn.Module):
+    """Fixed non-eigen functions ``exp(-a_l x²)`` (their Rayleigh quotients vary from sample to sample)."""
+
+    def __init__(self, widths):
+        super().__init__()
+        self.a = nn.Parameter(torch.as_tensor(widths, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.exp(-self.a * (x.double() ** 2).sum(-1, keepdim=True)).to(x.dtype)  # (n, L)
+
+
+def test_jackknife_of_a_mean_is_the_standard_error_of_the_mean():
+    """For a linear statistic with one group per batch the jackknife is exactly s / sqrt(K)."""
+    from neuralsvd.training.readout import jackknife_stderr
+
+    values = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # (K, L)
+    parts = [(v, torch.tensor(1.0, dtype=torch.float64)) for v in values]
+    se = jackknife_stderr(parts, lambda total, n: total / n)
+    torch.testing.assert_close(se, values.std(0) / 12 ** 0.5, rtol=1e-12, atol=0)
+    assert jackknife_stderr(parts[:1], lambda total, n: total / n) is None
+
+
+def test_readout_stderr_matches_the_spread_over_independent_readouts():
+    """A user potential read out by Monte Carlo: ``eigenvalue_stderr`` of one read-out agrees with the
+    standard deviation of the read-out over 40 independent evaluation seeds (an independent measure)."""
+    from neuralsvd.training.readout import estimate_eigenvalues
+
+    op = nsvd.operators.Schrodinger(lambda x: (x * x).sum(-1) + 0.3 * x[:, 0] ** 4, 1, shift=20.0,
+                                    sampler=nsvd.sampling.Gaussian(dim=1, std=1.5))
+    model = _Gaussians([0.2, 0.9])
+    reads = [estimate_eigenvalues(model, op, 32, 256, torch.Generator().manual_seed(s), torch.float64)
+             for s in range(40)]
+    spread = torch.stack([r.eigenvalues for r in reads]).std(0)  # (L,)
+    stderr = torch.stack([r.stderr for r in reads]).mean(0)  # (L,)
+    assert bool((spread > 0).all())
+    ratio = stderr / spread
+    assert bool(((ratio > 0.75) & (ratio < 1.33)).all()), ratio
+
+
+@pytest.mark.filterwarnings("ignore:modes .* look unconverged")
+def test_fit_reports_stderr_in_the_reporting_convention_and_none_when_not_sampled():
+    """``FitResult.eigenvalue_stderr``: energies' errors for a Schrödinger read-out by Monte Carlo (the
+    map E = shift - λ keeps their size), None for a quadrature read-out and for a whole dense matrix."""
+    from neuralsvd.training.readout import estimate_eigenvalues
+
+    op = nsvd.operators.Schrodinger(lambda x: (x * x).sum(-1), 1, shift=20.0, scale=2.0,
+                                    sampler=nsvd.sampling.Gaussian(dim=1, std=1.5))
+    model = _Gaussians([0.2, 0.9])
+    res = nsvd.fit(model, op, nsvd.NestedLoRA(2), steps=0, batch_size=8, progress=False, dtype=torch.float64,
+                   eval_batches=16, eval_batch_size=128, seed=3)
+    direct = estimate_eigenvalues(model, op, 16, 128, torch.Generator().manual_seed(3 + 1_000_003), torch.float64)
+    torch.testing.assert_close(res.eigenvalue_stderr, direct.stderr / 2.0)  # E = shift - λ/scale
+    assert res.eigenvalue_stderr.shape == (2,) and bool((res.eigenvalue_stderr > 0).all())
+    assert nsvd.evaluate(res)["eigenvalue_stderr"] == res.eigenvalue_stderr.tolist()
+
+    osc = HarmonicOscillator(1)
+    quad = nsvd.fit(_Exact(osc, 2), osc, nsvd.NestedLoRA(2), steps=0, batch_size=8, progress=False,
+                    dtype=torch.float64)
+    assert quad.eigenvalue_stderr is None
+    matrix = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64))
+    dense = nsvd.fit(nsvd.models.Tabular(4, 2).double(), nsvd.operators.DenseOperator(matrix), nsvd.NestedLoRA(2),
+                     steps=0, batch_size=4, progress=False)
+    assert dense.eigenvalue_stderr is None

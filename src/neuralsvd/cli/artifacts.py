@@ -34,7 +34,9 @@ __all__ = ["EXPORT_NAME", "FORMAT", "RESULT_NAME", "RESULT_TENSORS", "ArtifactEr
 FORMAT = 1
 RESULT_NAME = "result.pt"
 EXPORT_NAME = "eigenfunctions.pt2"
-RESULT_TENSORS = ("eigenvalues", "learned_eigenvalues", "order", "norms", "right_norms", "mixing")
+RESULT_TENSORS = ("eigenvalues", "learned_eigenvalues", "order", "norms", "right_norms", "mixing", "eigenvalue_stderr")
+#: tensors that files written before they existed lack (read as None)
+OPTIONAL_TENSORS = ("eigenvalue_stderr",)
 
 
 class ArtifactError(ValueError):
@@ -112,7 +114,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> FitResult:
     return FitResult(
         model=final, operator=exp.operator, history=state["history"], steps=state["steps"],
         wall_seconds=state["wall_seconds"], steps_per_second=state["steps_per_second"], extras=state["extras"],
-        config=config, **{k: state[k] for k in RESULT_TENSORS},
+        config=config, **{k: state.get(k) if k in OPTIONAL_TENSORS else state[k] for k in RESULT_TENSORS},
     )
 
 

@@ -31,7 +31,7 @@ from . import artifacts
 
 __all__ = ["DTYPES", "OutputError", "run", "summary_table"]
 #: metrics.json fields that are null when a run diverged
-NULL_ON_FAILURE = ("wall_seconds", "steps_per_second", "eigenvalues", "exact_eigenvalues",
+NULL_ON_FAILURE = ("wall_seconds", "steps_per_second", "eigenvalues", "eigenvalue_stderr", "exact_eigenvalues",
                    "eigenvalue_relative_error", "mean_eigenvalue_relative_error", "angle_distance",
                    "subspace_distance_avg", "subspace_distance_all", "orthogonality_error")
 
@@ -106,11 +106,14 @@ def summary_table(metrics: dict[str, Any], label: str = "E") -> str:
     if exact is None and metrics.get("reference_eigenvalues") is not None:
         exact, rel = metrics["reference_eigenvalues"], metrics["reference_eigenvalue_relative_error"]
         against, prefix = "ref.", "reference_"
-    lines = [f"{'mode':>4}  {label + ' learned':>14}  {label + ' ' + against:>14}  {'rel. error':>10}"]
+    stderr = metrics.get("eigenvalue_stderr")
+    lines = [f"{'mode':>4}  {label + ' learned':>14}  {label + ' ' + against:>14}  {'rel. error':>10}"
+             + (f"  {'read-out ±':>10}" if stderr is not None else "")]
     for i, e in enumerate(ev):
         ex = f"{exact[i]:14.6f}" if exact is not None else f"{'-':>14}"
         re = f"{rel[i]:10.2e}" if rel is not None else f"{'-':>10}"
-        lines.append(f"{i:>4}  {e:14.6f}  {ex}  {re}")
+        se = f"  {stderr[i]:10.2e}" if stderr is not None else ""
+        lines.append(f"{i:>4}  {e:14.6f}  {ex}  {re}{se}")
     for key in (prefix + "mean_eigenvalue_relative_error", prefix + "angle_distance", prefix + "subspace_distance_avg",
                 prefix + "subspace_distance_all", "orthogonality_error"):
         if metrics.get(key) is not None:

@@ -88,6 +88,12 @@ class Operator(nn.Module):
         for _ in range(num_batches):
             yield self.sample_pair(batch_size, generator, dtype) if svd else self.sample(batch_size, generator, dtype)
 
+    def evaluation_is_iid(self, num_batches: int, batch_size: int, svd: bool = False) -> bool:
+        """Whether :meth:`evaluation_batches` yields independent random samples, so that the spread between
+        batches measures the read-out's Monte Carlo error (default True; False for whole populations and
+        quasi-random points)."""
+        return True
+
     def evaluation_quadrature(self) -> Quadrature | None:
         """A deterministic rule for the final eigenvalue estimates, with weights for ``L²(p)``
         (``Σ_i w_i a(x_i) b(x_i) ≈ E_p[a b]``), or None to use :meth:`evaluation_batches` (default)."""

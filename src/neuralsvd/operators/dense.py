@@ -58,6 +58,9 @@ class DenseOperator(CrossOperator):
         samplers = (self.in_sampler, self.out_sampler) if svd else (self.in_sampler,)
         return all(s.is_population(batch_size) for s in samplers)
 
+    def evaluation_is_iid(self, num_batches, batch_size, svd=False):
+        return False
+
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """The whole population once: estimates are exact, not sampled."""
         device = generator.device if generator is not None else self.matrix.device

@@ -167,6 +167,9 @@ class GraphOperator(Operator):
     def batch_is_population(self, batch_size, svd=False):
         return self.sampler.is_population(batch_size)
 
+    def evaluation_is_iid(self, num_batches, batch_size, svd=False):
+        return False
+
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """All nodes once: estimates are exact, not sampled."""
         device = generator.device if generator is not None else self.crow.device

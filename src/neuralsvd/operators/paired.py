@@ -156,6 +156,9 @@ class PairedSamples(PairedOperator):
         dtype = dtype or torch.get_default_dtype()
         return self.x.to(device)[index].to(dtype), self.y.to(device)[index].to(dtype)
 
+    def evaluation_is_iid(self, num_batches, batch_size, svd=False):
+        return self.x.shape[0] > POPULATION_LIMIT
+
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         if self.x.shape[0] > POPULATION_LIMIT:
             yield from super().evaluation_batches(num_batches, batch_size, generator, dtype, svd)
@@ -238,6 +241,9 @@ class GaussianPairs(PairedOperator):
         z = torch.randn(n, self.cholesky.shape[0], generator=generator, device=device, dtype=torch.float64)
         xy = (self.proposal_scale * z @ self.cholesky.to(device).T).to(dtype or torch.get_default_dtype())
         return xy[:, : self.dim_x], xy[:, self.dim_x :]
+
+    def evaluation_is_iid(self, num_batches, batch_size, svd=False):
+        return False  # quasi-Monte Carlo points
 
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         zero = torch.zeros(self.cholesky.shape[0], dtype=torch.float64)

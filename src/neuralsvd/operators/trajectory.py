@@ -285,6 +285,9 @@ class TrajectoryOperator(PairedOperator):
         """Reversible (one model): the network for the non-constant modes behind the pinned constant."""
         return ConstantFirst(module)
 
+    def evaluation_is_iid(self, num_batches, batch_size, svd=False):
+        return self.num_pairs > self.evaluation_pairs
+
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """Every pair once (in chunks of ``batch_size`` pairs) when there are at most ``evaluation_pairs``,
         else ``num_batches`` random batches."""

@@ -64,7 +64,8 @@ def evaluate(result: FitResult, operator: Operator | None = None, quadrature: Qu
              ) -> dict[str, Any]:
     """Metrics of ``result`` against ``operator``'s exact spectrum (fields of metrics.json).
 
-    Returns a dict with ``eigenvalues``, ``exact_eigenvalues``, ``eigenvalue_relative_error``,
+    Returns a dict with ``eigenvalues``, ``eigenvalue_stderr`` (the read-out's Monte Carlo standard errors,
+    or None; :attr:`FitResult.eigenvalue_stderr`), ``exact_eigenvalues``, ``eigenvalue_relative_error``,
     ``mean_eigenvalue_relative_error``, ``max_eigenvalue_relative_error``, ``angle_distance``,
     ``subspace_distance_avg``, ``subspace_distance_all``, ``subspace_distance_blocks``,
     ``orthogonality_error``, ``blocks`` (lists of mode indices of equal true eigenvalue) and
@@ -75,7 +76,9 @@ def evaluate(result: FitResult, operator: Operator | None = None, quadrature: Qu
     """
     op = operator if operator is not None else result.operator
     L = result.eigenvalues.shape[0]
-    out: dict[str, Any] = {"eigenvalues": result.eigenvalues.tolist()}
+    stderr = result.eigenvalue_stderr
+    out: dict[str, Any] = {"eigenvalues": result.eigenvalues.tolist(),
+                           "eigenvalue_stderr": None if stderr is None else stderr.tolist()}
     nulls = ("exact_eigenvalues", "eigenvalue_relative_error", "mean_eigenvalue_relative_error",
              "max_eigenvalue_relative_error", "angle_distance", "subspace_distance_avg", "subspace_distance_all",
              "subspace_distance_blocks", "orthogonality_error", "blocks", "quadrature_error")

@@ -332,12 +332,16 @@ def _result(run: TrainingState, dec: Decomposition, operator: Operator, loss: Sp
         # Rayleigh quotients; with the "ritz" readout the final modes are mixtures of these columns
     }
     ran = steps - start
+    stderr = None
+    if est.stderr is not None:  # through the (affine) map to the reporting convention
+        stderr = (operator.eigenvalues_from_learned(est.eigenvalues + est.stderr)
+                  - operator.eigenvalues_from_learned(est.eigenvalues)).abs().cpu()
     return FitResult(
         model=final, operator=operator,
         eigenvalues=operator.eigenvalues_from_learned(est.eigenvalues).cpu(),
         learned_eigenvalues=est.eigenvalues.cpu(), order=order.cpu(), norms=est.norms.cpu(),
         right_norms=None if est.right_norms is None else est.right_norms.cpu(),
-        mixing=None if est.mixing is None else est.mixing.cpu(),
+        mixing=None if est.mixing is None else est.mixing.cpu(), eigenvalue_stderr=stderr,
         history=history, steps=steps, wall_seconds=wall,
         steps_per_second=ran / wall if wall > 0 and ran > 0 else float("nan"),
         extras={"warm_start_steps": run.warm_start_steps, "rollbacks": run.rollbacks, "lr_scale": run.lr_scale, "resumed_from": start,

@@ -15,7 +15,8 @@ from ..operators.base import Operator
 from .decomposition import Decomposition, Model, decomposition_of
 from .result import NORM_RATIO_RANGE
 
-__all__ = ["NORM_RATIO_RANGE", "READOUTS", "Readout", "estimate_eigenvalues", "norm_ratio"]
+__all__ = ["JACKKNIFE_GROUPS", "NORM_RATIO_RANGE", "READOUTS", "Readout", "estimate_eigenvalues", "jackknife_stderr",
+           "norm_ratio"]
 
 READOUTS = ("rayleigh", "ritz")
 
@@ -33,6 +34,27 @@ class Readout:
     norms: Tensor  # (L,)
     right_norms: Tensor | None = None
     mixing: Tensor | None = None  # (L, L)
+    stderr: Tensor | None = None  # (L,) Monte Carlo standard errors of ``eigenvalues`` (None: not sampled i.i.d.)
+
+
+#: at most this many groups of evaluation batches for the jackknife standard errors
+JACKKNIFE_GROUPS = 16
+
+
+def jackknife_stderr(parts: list[tuple[Tensor, ...]], estimate) -> Tensor | None:
+    """Grouped jackknife standard errors of ``estimate(*sums)`` (an ``(L,)`` tensor of values) where
+    ``sums`` are the element-wise sums of the per-batch tuples in ``parts`` (i.i.d. batches). The batches
+    are pooled into ``G = min(len(parts), JACKKNIFE_GROUPS)`` groups; with ``θ_i`` the estimate without
+    group ``i``, ``se² = (G - 1)/G Σ (θ_i - θ̄)²``. None with fewer than two batches."""
+    groups = min(len(parts), JACKKNIFE_GROUPS)
+    if groups < 2:
+        return None
+    bounds = [round(i * len(parts) / groups) for i in range(groups + 1)]
+    pooled = [tuple(sum(t) for t in zip(*parts[lo:hi])) for lo, hi in zip(bounds, bounds[1:])]
+    total = tuple(sum(t) for t in zip(*pooled))
+    leave_out = torch.stack([estimate(*(a - b for a, b in zip(total, g))) for g in pooled])  # (G, L)
+    spread = ((leave_out - leave_out.mean(0)) ** 2).sum(0)
+    return (spread * (groups - 1) / groups).sqrt()
 
 
 def check_readout(readout: str, decomposition: Decomposition) -> None:
@@ -49,6 +71,10 @@ def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_siz
     (``op.evaluation_batches``: ``num_batches`` random batches, the whole population for finite
     operators), pooled over batches.
 
+    ``stderr``: when the batches are i.i.d. samples (:meth:`~Operator.evaluation_is_iid`), the grouped
+    jackknife standard errors of the sorted estimates (:func:`jackknife_stderr`): the read-out's own Monte
+    Carlo error, not the model's error; None for quadrature and whole-population read-outs.
+
     ``"rayleigh"``: per-mode quotients ``Σ f·Tf / Σ f²`` (SVD: ``Σ g·Tf / sqrt(Σ f² Σ g²)``), modes
     sorted descending. ``"ritz"`` (EVD only): Rayleigh–Ritz in the learned span, the generalized
     eigenproblem ``sym(A) c = λ B c`` with ``A = E[f Tfᵀ]``, ``B = E[f fᵀ]``: the best estimates the span
@@ -62,31 +88,42 @@ def estimate_eigenvalues(model: Model, op: Operator, num_batches: int, batch_siz
     rule = op.evaluation_quadrature()
     if rule is not None:
         return _evd_readout(*_quadrature_moments(model, op, rule, dtype), readout)
-    a = b = 0
-    count = 0
+    parts = []  # per batch: Σ f Tfᵀ, Σ f fᵀ (L, L) and the count
     with torch.no_grad():
         for x in op.evaluation_batches(num_batches, batch_size, generator, dtype, False):
             fx, tfx = op.apply(model, x)
             fx, tfx = fx.double(), tfx.double()
-            a, b = a + (fx.T @ tfx).double(), b + (fx.T @ fx).double()  # (L, L) each
-            count += x.shape[0]
-    return _evd_readout(a / count, b / count, readout)
+            parts.append((fx.T @ tfx, fx.T @ fx, torch.tensor(float(x.shape[0]), dtype=torch.float64)))
+    a, b, count = (sum(t) for t in zip(*parts))
+    est = _evd_readout(a / count, b / count, readout)
+    if op.evaluation_is_iid(num_batches, batch_size, False):
+        est.stderr = jackknife_stderr(parts, lambda a, b, n: _evd_readout(a / n, b / n, readout).eigenvalues)
+    return est
 
 
 def _svd_readout(model: tuple[nn.Module, nn.Module], op: Operator, num_batches: int, batch_size: int,
                  generator: torch.Generator, dtype: torch.dtype) -> Readout:
     """Per-mode ``Σ g·Tf / sqrt(Σ f² Σ g²)`` pooled over :meth:`~Operator.evaluation_batches` pairs."""
-    cross = ff = gg = 0
-    nx = ny = 0
+    parts = []  # per batch: Σ g·Tf, Σ f², Σ g² (L,) and the counts of x and y
     with torch.no_grad():
         for x, y in op.evaluation_batches(num_batches, batch_size, generator, dtype, True):
             fx, gy, tfy, _ = op.apply_svd(model[0], model[1], x, y)
-            cross, ff, gg = cross + (gy * tfy).sum(0).double(), ff + (fx * fx).sum(0).double(), gg + (gy * gy).sum(0).double()
-            nx, ny = nx + x.shape[0], ny + y.shape[0]
+            parts.append(((gy * tfy).sum(0).double(), (fx * fx).sum(0).double(), (gy * gy).sum(0).double(),
+                          torch.tensor(float(x.shape[0]), dtype=torch.float64),
+                          torch.tensor(float(y.shape[0]), dtype=torch.float64)))
+
+    def values(cross: Tensor, ff: Tensor, gg: Tensor, nx: Tensor, ny: Tensor) -> Tensor:
+        return cross / ny / ((ff / nx) * (gg / ny)).sqrt()
+
+    sums = tuple(sum(t) for t in zip(*parts))
+    cross, ff, gg, nx, ny = sums
     norms, right = (ff / nx).sqrt(), (gg / ny).sqrt()
-    values = cross / ny / (norms * right)
-    order = torch.argsort(values, descending=True)
-    return Readout(values[order], order, norms[order], right[order])
+    value = values(*sums)
+    order = torch.argsort(value, descending=True)
+    stderr = None
+    if op.evaluation_is_iid(num_batches, batch_size, True):
+        stderr = jackknife_stderr(parts, lambda *t: values(*t).sort(descending=True).values)
+    return Readout(value[order], order, norms[order], right[order], stderr=stderr)
 
 
 def _quadrature_moments(model: nn.Module, op: Operator, rule: Quadrature, dtype: torch.dtype,

@@ -33,6 +33,11 @@ class FitResult:
         order: ``(L,)`` permutation from model output columns to modes (leading first).
         norms: ``(L,)`` estimated ``L²(p)`` norms of the modes (SVD: of the left functions), used to
             normalize :meth:`eigenfunctions`.
+        eigenvalue_stderr: ``(L,)`` or None: the Monte Carlo standard error of each of ``eigenvalues`` from
+            the spread of the final read-out's batches (a grouped jackknife), in the same convention and
+            order; None where the read-out is not an i.i.d. sample (quadrature, whole finite populations).
+            It measures how precisely the read-out integrates the learned functions, not how close they
+            are to the true eigenfunctions.
         mixing: ``(L, L)`` or None: with the ``"ritz"`` readout, mode ``j`` is
             ``model(x)[:, order] @ mixing[:, j]`` (the Ritz functions; then ``norms`` are 1).
         history: ``{"step": (S,), "loss": (S,), "eigenvalues": (S, L)}`` per training step: minibatch
@@ -55,6 +60,7 @@ class FitResult:
     steps_per_second: float
     right_norms: Tensor | None = None
     mixing: Tensor | None = None
+    eigenvalue_stderr: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     config: Any = None
 
