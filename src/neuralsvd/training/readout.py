@@ -3,6 +3,7 @@ batches, and the norm-ratio convergence diagnostic of NestedLoRA."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ def jackknife_stderr(parts: list[tuple[Tensor, ...]], estimate) -> Tensor | None
     if groups < 2:
         return None
     bounds = [round(i * len(parts) / groups) for i in range(groups + 1)]
-    pooled = [tuple(sum(t) for t in zip(*parts[lo:hi])) for lo, hi in zip(bounds, bounds[1:])]
+    pooled = [tuple(sum(t) for t in zip(*parts[lo:hi])) for lo, hi in itertools.pairwise(bounds)]
     total = tuple(sum(t) for t in zip(*pooled))
     leave_out = torch.stack([estimate(*(a - b for a, b in zip(total, g))) for g in pooled])  # (G, L)
     spread = ((leave_out - leave_out.mean(0)) ** 2).sum(0)
@@ -116,7 +117,7 @@ def _svd_readout(model: tuple[nn.Module, nn.Module], op: Operator, num_batches: 
         return cross / ny / ((ff / nx) * (gg / ny)).sqrt()
 
     sums = tuple(sum(t) for t in zip(*parts))
-    cross, ff, gg, nx, ny = sums
+    _, ff, gg, nx, ny = sums
     norms, right = (ff / nx).sqrt(), (gg / ny).sqrt()
     value = values(*sums)
     order = torch.argsort(value, descending=True)
