@@ -409,10 +409,11 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     row["warnings"] = [str(w.message) for w in caught if issubclass(w.category, (RuntimeWarning, UserWarning))]
     if result is None:
         return {**row, "status": "failed", "error": error, "success": False, "max_error": None, "levels": None,
-                "norm_ratio": None, "errors": None, "failures": []}
+                "norm_ratio": None, "stderr": None, "errors": None, "failures": []}
     levels = result.eigenvalues.tolist()
     ratio = result.extras.get("norm_ratio")
-    return {**row, "status": "ok", "levels": levels, "norm_ratio": ratio,
+    stderr = None if result.eigenvalue_stderr is None else result.eigenvalue_stderr.tolist()
+    return {**row, "status": "ok", "levels": levels, "norm_ratio": ratio, "stderr": stderr,
             **score(levels, spec.reference, ratio, problem.ascending)}
 
 

@@ -232,7 +232,7 @@ class NeuralSpectralEmbedding(_NeuralSpectral):
         operator = GraphOperator(self.affinity_matrix_, features=data, shift=self.shift)
         num_modes = self.n_components + 1
         self.result_ = self._train(
-            lambda: operator.node_model(self._network(data.float(), num_modes)), operator, num_modes
+            lambda: operator.node_model(self._network(data.float(), num_modes), residual=False), operator, num_modes
         )
         self.eigenvalues_ = self.result_.eigenvalues[1:].double().numpy()
         self.embedding_ = self.transform(X)

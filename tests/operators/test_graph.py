@@ -215,3 +215,45 @@ def test_node_model_passes_the_networks_output_gain_and_reset_through():
     assert not torch.allclose(after[:, 1], before[:, 1])
     plain = op.node_model(torch.nn.Linear(2, 3))
     assert not hasattr(plain, "scale_outputs") and not hasattr(plain, "reset_mode")
+
+
+def test_residual_node_model_scales_resets_and_declares_its_table():
+    """With the per-node table, sizing and re-drawing act on the whole mode (network and table column),
+    and SpIN's layout names every parameter."""
+    op = GraphOperator(_random_graph(), features=torch.randn(40, 2))
+    model = op.node_model(nsvd.models.ParallelMLP(2, 3, hidden=(8,)))
+    assert model.residual.shape == (40, 3) and not bool(model.residual.any())
+    with torch.no_grad():
+        model.residual.normal_(generator=torch.Generator().manual_seed(1))
+    idx = torch.arange(40)
+    before = model(idx)
+    factors = torch.tensor([2.0, 1.0, 0.5])
+    model.scale_outputs(factors)
+    torch.testing.assert_close(model(idx), before * factors)
+    model.reset_mode(1, torch.Generator().manual_seed(0))
+    assert not bool(model.residual[:, 1].any()) and bool(model.residual[:, 0].any())
+    torch.testing.assert_close(model(idx)[:, [0, 2]], (before * factors)[:, [0, 2]])
+    assert set(model.mode_axes()) == {name for name, _ in model.named_parameters()}
+    assert model.mode_axes()["residual"] == 1
+    plain = op.node_model(torch.nn.Linear(2, 3))
+    assert not hasattr(plain, "scale_outputs") and not hasattr(plain, "reset_mode")
+    assert op.node_model(torch.nn.Linear(2, 3), residual=False).residual is None
+
+
+def test_residual_node_model_learns_eigenvectors_its_features_cannot_explain():
+    """Features that say nothing about the graph (random, independent of the edges): with defaults the
+    node model still learns the top eigenvalues of ``D^-1/2 A D^-1/2`` (numpy eigh), through its table;
+    the network alone (``residual=False``) cannot."""
+    a = _random_graph(n=60, seed=4).toarray()
+    inv = 1 / np.sqrt(a.sum(1))
+    exact = np.linalg.eigvalsh(inv[:, None] * a * inv[None, :])[::-1][:3]
+    op = GraphOperator(a, features=torch.randn(60, 2, generator=torch.Generator().manual_seed(2)), shift=0.3)
+
+    def top(residual: bool) -> np.ndarray:
+        torch.manual_seed(0)
+        model = op.node_model(nsvd.models.ParallelMLP(2, 3, hidden=(32, 32)), residual=residual)
+        res = nsvd.fit(model, op, nsvd.NestedLoRA(3), steps=1500, batch_size=60, progress=False)
+        return res.eigenvalues.double().numpy()
+
+    np.testing.assert_allclose(top(True), exact, rtol=0, atol=1e-3)
+    assert np.abs(top(False) - exact).max() > 2e-2

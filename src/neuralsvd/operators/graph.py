@@ -44,18 +44,25 @@ __all__ = ["CycleGraph", "GraphOperator", "GridGraph", "NodeFeatures"]
 
 
 class NodeFeatures(nn.Module):
-    """A network on node features as a function of node indices: ``index (n,) -> w[index] · net(features[index])``.
+    """A network on node features as a function of node indices:
+    ``index (n,) -> w[index] · (net(features[index]) + r[index])``.
 
     ``net`` maps ``(n, d) -> (n, L)``; ``w`` ``(N,)`` is a fixed per-node weight (default 1). For the
     normalized operator ``M = D^{-1/2} A D^{-1/2}`` :meth:`GraphOperator.node_model` sets
     ``w = sqrt(d_i / mean d)``: the eigenvectors of ``M`` are ``D^{1/2} u`` with ``u`` those of the random walk
     ``D^{-1} A``, which vary smoothly over the graph while ``D^{1/2}`` carries the node-to-node noise of
-    the degrees; so ``net`` learns the ``u`` (Laplacian eigenmaps' embedding, the top one constant). After
-    training, ``net`` evaluates those ``u`` on the features of new nodes (out-of-sample extension; times
-    ``w`` of the new node for the eigenvectors of ``M``).
+    the degrees; so ``net`` learns the ``u`` (Laplacian eigenmaps' embedding, the top one constant).
+
+    ``residual=True`` adds ``r``, a trainable ``(N, L)`` table of per-node corrections, zero at the start
+    (the parameter ``residual``): the network learns what is smooth in the features and the table the
+    rest, so the model can represent the graph's eigenvectors exactly, whatever the features (a network
+    of features alone is only as exact as the eigenvectors are smooth functions of them). The table exists
+    for the graph's own nodes only: on new nodes ``net`` alone is the out-of-sample extension (times ``w``
+    of the new node for the eigenvectors of ``M``), so when the extension matters more than the training
+    nodes' values, use ``residual=False`` (as :class:`~neuralsvd.estimators.NeuralSpectralEmbedding` does).
     """
 
-    def __init__(self, net: nn.Module, features: Tensor, weight: Tensor | None = None):
+    def __init__(self, net: nn.Module, features: Tensor, weight: Tensor | None = None, residual: bool = False):
         super().__init__()
         self.net = net
         self.register_buffer("features", torch.as_tensor(features))
@@ -64,14 +71,39 @@ class NodeFeatures(nn.Module):
             if weight.shape != (self.features.shape[0],):
                 raise ValueError(f"weight must be (N,) = ({self.features.shape[0]},), got shape {tuple(weight.shape)}")
         self.register_buffer("weight", weight)
+        self.residual: nn.Parameter | None = None
+        if residual:
+            p = next(net.parameters(), None)
+            with torch.no_grad():  # the number of modes and the dtype from one node through the network
+                out = net(self.features[:1].to(p.dtype) if p is not None else self.features[:1])  # (1, L)
+            self.residual = nn.Parameter(torch.zeros(self.features.shape[0], out.shape[1], dtype=out.dtype,
+                                                     device=out.device))
 
     #: attributes of ``net`` that training rules use (output gain, per-mode reset), passed through
-    DELEGATED = ("scale_outputs", "output_gain", "output_scaled", "reset_mode", "disjoint")
+    DELEGATED = ("scale_outputs", "output_gain", "output_scaled", "reset_mode", "disjoint", "mode_axes")
 
     def __getattr__(self, name: str):
         if name in NodeFeatures.DELEGATED:
-            return getattr(self.net, name)  # AttributeError when ``net`` has no such attribute
+            found = getattr(self.net, name)  # AttributeError when ``net`` has no such attribute
+            if self.__dict__["_parameters"].get("residual") is not None and name in _WITH_RESIDUAL:
+                return getattr(self, _WITH_RESIDUAL[name])
+            return found
         return super().__getattr__(name)
+
+    @torch.no_grad()
+    def _scale_outputs(self, factors: Tensor) -> None:
+        """Multiply output ``l`` by ``factors[l]``: the network's gain and the table's column."""
+        self.net.scale_outputs(factors)
+        self.residual.mul_(factors.to(self.residual).reshape(1, -1))
+
+    @torch.no_grad()
+    def _reset_mode(self, mode: int, generator: torch.Generator) -> None:
+        """The network's mode drawn afresh and the table's column back to zero."""
+        self.net.reset_mode(mode, generator)
+        self.residual[:, mode] = 0
+
+    def _mode_axes(self) -> dict[str, int | None]:
+        return {**{f"net.{k}": v for k, v in self.net.mode_axes().items()}, "residual": 1}
 
     def forward(self, index: Tensor) -> Tensor:
         if index.dtype not in (torch.int64, torch.int32):
@@ -82,9 +114,15 @@ class NodeFeatures(nn.Module):
         index = index.reshape(-1)
         x = self.features[index]
         out = self.net(x.to(p.dtype) if p is not None else x)  # (n, L)
+        if self.residual is not None:
+            out = out + self.residual[index].to(out.dtype)
         if self.weight is None:
             return out
         return out * self.weight[index].to(out.dtype).unsqueeze(1)
+
+
+#: delegated methods that a node model with a residual table replaces by its own
+_WITH_RESIDUAL = {"scale_outputs": "_scale_outputs", "reset_mode": "_reset_mode", "mode_axes": "_mode_axes"}
 
 
 def _as_csr(adjacency: sp.spmatrix | sp.sparray | np.ndarray | Tensor) -> sp.csr_array:
@@ -152,14 +190,16 @@ class GraphOperator(Operator):
         self.sampler = Index(n, replacement)
         self._reference: dict[int, tuple[Tensor, Tensor]] = {}
 
-    def node_model(self, net: nn.Module) -> NodeFeatures:
+    def node_model(self, net: nn.Module, residual: bool = True) -> NodeFeatures:
         """``net`` on the node features, as a model of node indices; for the normalized operator weighted by
-        ``sqrt(d_i / mean d)`` (:class:`NodeFeatures`: ``net`` then learns the random walk's eigenvectors)."""
+        ``sqrt(d_i / mean d)`` (:class:`NodeFeatures`: ``net`` then learns the random walk's eigenvectors),
+        plus a trainable per-node correction table (``residual``, default on: the graph's own eigenvectors
+        exactly; ``residual=False`` when ``net`` alone must carry them, for new nodes)."""
         if self.features is None:
             raise ValueError(
                 "this GraphOperator has no node features; pass features=(N, d) or use models.Tabular"
             )
-        return NodeFeatures(net, self.features, self.node_weight)
+        return NodeFeatures(net, self.features, self.node_weight, residual)
 
     def sample(self, n, generator=None, dtype=None):
         return self.sampler.sample(n, generator)
