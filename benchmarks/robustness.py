@@ -208,8 +208,14 @@ def _kernel_problem(name: str, kernel: str, gamma: float, stds: Sequence[float],
                    "data", ascending=False)
 
 
-def _graph_points(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(size=(n, 2))  # (n, 2)
+def _graph_points(n: int, seed: int, shape: str = "square") -> np.ndarray:
+    """``n`` uniform points (n, 2): in the unit square, or in the annulus 0.5 ≤ |x| ≤ 1 (``"annulus"``)."""
+    rng = np.random.default_rng(seed)
+    if shape == "square":
+        return rng.uniform(size=(n, 2))
+    radius = np.sqrt(rng.uniform(0.25, 1.0, size=n))  # uniform in area
+    angle = rng.uniform(0, 2 * np.pi, size=n)
+    return np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
 
 
 def _graph_adjacency(points: np.ndarray, radius: float) -> np.ndarray:
@@ -219,8 +225,8 @@ def _graph_adjacency(points: np.ndarray, radius: float) -> np.ndarray:
     return a
 
 
-def _graph_problem(name: str, n: int, radius: float, modes: int, seed: int) -> Problem:
-    points = _graph_points(n, seed)
+def _graph_problem(name: str, n: int, radius: float, modes: int, seed: int, shape: str = "square") -> Problem:
+    points = _graph_points(n, seed, shape)
     adjacency = _graph_adjacency(points, radius)
 
     def build():
@@ -230,7 +236,8 @@ def _graph_problem(name: str, n: int, radius: float, modes: int, seed: int) -> P
         inv = 1 / np.sqrt(adjacency.sum(1))
         return _exact(ref.top_eigenvalues(inv[:, None] * adjacency * inv[None, :], modes))
 
-    return Problem(name, f"Gaussian-weighted radius graph on {n} uniform points in [0,1]² (r={radius:g})", 2, modes,
+    where = "[0,1]²" if shape == "square" else "the annulus 0.5 ≤ |x| ≤ 1"
+    return Problem(name, f"Gaussian-weighted radius graph on {n} uniform points in {where} (r={radius:g})", 2, modes,
                    build, reference, "numpy eigh of D^-1/2 A D^-1/2", "node features = coordinates",
                    ascending=False, model="nodes")
 
@@ -314,6 +321,7 @@ def _holdout_suite() -> list[Problem]:
           lambda verify=False: _fd1(_morse(0, 9.0, 0.75), 3, 9.0, 3.0) if verify else _exact(ref.morse_levels(9.0, 0.75, 3)),
           "closed form 9 − 0.5625(4−n−½)²"),
         _kernel_problem("laplace-kernel-1d", "laplacian", 1.0, (1.0,), 1500, 4, seed=4),
+        _graph_problem("annulus-graph", 350, 0.25, 4, seed=5, shape="annulus"),
     ]
 
 

@@ -64,7 +64,7 @@ def fit(
     batch_size: int = 128,
     optimizer: str = "adam",
     lr: float | None = None,
-    schedule: str = "cosine",
+    schedule: str = "stable-cosine",
     warmup: int = 0,
     ema_decay: float | None = None,
     seed: int = 0,
@@ -102,7 +102,9 @@ def fit(
         optimizer: ``"adam"``, ``"rmsprop"`` (α = 0.999, ε = 1e-10 as the authors) or ``"sgd"``; ``lr``
             (``None``: :func:`~neuralsvd.models.default_lr` of the model: ``1e-3`` for the 128-wide networks,
             ``1e-3 · 128 / width`` for others, ``1e-2`` for ``Tabular``).
-        schedule: ``"cosine"`` (to zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps.
+        schedule: ``"stable-cosine"`` (default: the full rate for 70% of the steps, then a cosine to zero at
+            ``steps``; modes that find their shape late still get time at the full rate), ``"cosine"`` (to
+            zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps.
         ema_decay: keep an exponential moving average of the weights and return it (e.g. 0.995).
         seed: seeds the sampling generator (and torch's global RNG).
         device, dtype: where and in which precision to train (default dtype: the model's).

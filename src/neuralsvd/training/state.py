@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("stable-cosine", "cosine", "constant")
+#: ``"stable-cosine"``: the fraction of the steps (after warmup) at the full learning rate before the cosine
+STABLE_FRACTION = 0.7
 
 
 class DivergenceError(RuntimeError):
@@ -53,13 +55,19 @@ def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float) -> torc
 
 
 def lr_factor(schedule: str, steps: int, warmup: int):
+    """The learning rate's multiplier at each step: linear warmup over ``warmup`` steps, then ``"constant"``
+    (1), ``"cosine"`` (from 1 to 0 at ``steps``) or ``"stable-cosine"`` (1 for the first
+    :data:`STABLE_FRACTION` of the remaining steps, then a cosine to 0 at ``steps``)."""
+    stable = STABLE_FRACTION if schedule == "stable-cosine" else 0.0
+
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
         progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        decay = max(0.0, progress - stable) / (1 - stable)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, decay)))
     return factor
 
 
