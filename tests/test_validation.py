@@ -111,7 +111,7 @@ def test_unknown_optimizer_lists_valid():
 
 
 def test_unknown_schedule_lists_valid():
-    with pytest.raises(ValueError, match=r"unknown schedule 'step'; valid: cosine, constant"):
+    with pytest.raises(ValueError, match=r"unknown schedule 'step'; valid: stable-cosine, cosine, constant"):
         nsvd.fit(_mlp(), HarmonicOscillator(2), nsvd.NestedLoRA(2), batch_size=4, schedule="step", **FAST)
 
 

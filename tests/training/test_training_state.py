@@ -193,3 +193,25 @@ def test_loss_invariant_to_sign_flips(n, L, nesting, flips, seed):
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(b.gram, a.gram * sign[:, None] * sign[None, :], rtol=1e-12, atol=1e-12)
+
+
+def test_learning_rate_schedules_in_closed_form():
+    """``stable-cosine`` (fit's default): 1 for the first 70% of the steps after warmup, then
+    ``½(1 + cos(π u))`` with ``u`` the fraction of the last 30% done; ``cosine`` from the start; both 0 at the
+    end; linear warmup before either."""
+    import inspect
+    import math
+
+    from neuralsvd.training.state import STABLE_FRACTION, lr_factor
+
+    assert STABLE_FRACTION == 0.7
+    stable = lr_factor("stable-cosine", 1000, 0)
+    assert [stable(s) for s in (0, 350, 699, 700)] == [1.0, 1.0, 1.0, 1.0]
+    assert stable(850) == pytest.approx(0.5) and stable(1000) == pytest.approx(0.0)
+    assert stable(775) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    cosine = lr_factor("cosine", 1000, 0)
+    assert cosine(500) == pytest.approx(0.5) and cosine(1000) == pytest.approx(0.0)
+    warm = lr_factor("stable-cosine", 1100, 100)
+    assert warm(49) == pytest.approx(0.5) and warm(799) == 1.0 and warm(950) == pytest.approx(0.5)
+    assert lr_factor("constant", 1000, 0)(999) == 1.0
+    assert inspect.signature(nsvd.fit).parameters["schedule"].default == "stable-cosine"
