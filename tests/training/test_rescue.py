@@ -82,7 +82,7 @@ def _levels_1d(potential, k, lo=-8.0, hi=8.0, n=4000):
     return eigh_tridiagonal(2 / h**2 + potential(x), -np.ones(n - 1) / h**2, select="i", select_range=(0, k - 1))[0]
 
 
-def _well_run(rescue: bool) -> nsvd.FitResult:
+def _well_run(rescue: bool, schedule: str = "cosine") -> nsvd.FitResult:
     """x² + 0.2 x⁴ with the library's default sampler, four modes, a small network at the 128-wide networks'
     learning rate (slower than its default) and the plain cosine schedule (the default ``stable-cosine`` gives
     the copy time to recover by itself here): a mode drifts onto an earlier one's shape early and stays a
@@ -93,7 +93,7 @@ def _well_run(rescue: bool) -> nsvd.FitResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return nsvd.fit(model, op, nsvd.NestedLoRA(4), steps=1500, batch_size=256, seed=1, progress=False,
-                        lr=1e-3, schedule="cosine", rescue=rescue)
+                        lr=1e-3, schedule=schedule, rescue=rescue)
 
 
 def test_recovers_a_mode_that_copies_an_earlier_one():
@@ -105,6 +105,18 @@ def test_recovers_a_mode_that_copies_an_earlier_one():
     lost = _well_run(rescue=False)  # the same run without the rule loses a level
     assert lost.status == "unconverged"
     assert np.abs(lost.eigenvalues.numpy() / ref - 1).max() > 0.15
+
+
+def test_default_schedule_gives_the_rescued_mode_time():
+    """The same scenario with ``fit``'s default ``stable-cosine`` schedule: the mode brought back late keeps
+    the full learning rate for longer and ends closer to the finite-difference levels (measured: 2.0% off
+    and every norm ratio ≥ 0.95, against 4.7% and 0.77 with the plain cosine)."""
+    ref = _levels_1d(lambda s: s**2 + 0.2 * s**4, 4)
+    default = _well_run(rescue=True, schedule="stable-cosine")
+    cosine = _well_run(rescue=True)
+    assert default.status == "ok" and min(default.extras["norm_ratio"]) > 0.9
+    err = lambda r: np.abs(r.eigenvalues.numpy() / ref - 1).max()
+    assert err(default) < 0.03 < err(cosine)
 
 
 def test_resume_across_a_rescue_is_bitwise_identical(tmp_path):
