@@ -81,12 +81,14 @@ class NodeFeatures(nn.Module):
 
     #: attributes of ``net`` that training rules use (output gain, per-mode reset), passed through
     DELEGATED = ("scale_outputs", "output_gain", "output_scaled", "reset_mode", "disjoint", "mode_axes")
+    #: of those, the methods that a node model with a residual table replaces by its own ``_name``
+    WITH_RESIDUAL = ("scale_outputs", "reset_mode", "mode_axes")
 
     def __getattr__(self, name: str):
         if name in NodeFeatures.DELEGATED:
             found = getattr(self.net, name)  # AttributeError when ``net`` has no such attribute
-            if self.__dict__["_parameters"].get("residual") is not None and name in _WITH_RESIDUAL:
-                return getattr(self, _WITH_RESIDUAL[name])
+            if name in NodeFeatures.WITH_RESIDUAL and self.__dict__["_parameters"].get("residual") is not None:
+                return getattr(self, "_" + name)  # the whole mode: the network's part and the table's column
             return found
         return super().__getattr__(name)
 
@@ -119,10 +121,6 @@ class NodeFeatures(nn.Module):
         if self.weight is None:
             return out
         return out * self.weight[index].to(out.dtype).unsqueeze(1)
-
-
-#: delegated methods that a node model with a residual table replaces by its own
-_WITH_RESIDUAL = {"scale_outputs": "_scale_outputs", "reset_mode": "_reset_mode", "mode_axes": "_mode_axes"}
 
 
 def _as_csr(adjacency: sp.spmatrix | sp.sparray | np.ndarray | Tensor) -> sp.csr_array:

@@ -232,14 +232,16 @@ class KernelOperator(Operator):
             tfx = torch.cat([k @ fx[b] / k.shape[1], k.T @ fx[a] / k.shape[0]])  # (n, L)
         return fx, tfx
 
+    def _evaluates_population(self) -> bool:
+        return self.data is not None and self.data.shape[0] <= POPULATION_LIMIT
+
     def evaluation_is_iid(self, num_batches, batch_size, svd=False):
-        population = self.data is not None and self.data.shape[0] <= POPULATION_LIMIT
-        return not population and not isinstance(self.sampler, Gaussian)
+        return not self._evaluates_population() and not isinstance(self.sampler, Gaussian)
 
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """Batches ``[q; q]`` of an equal-weight rule ``q`` (module docstring): the population for data up
         to :data:`POPULATION_LIMIT` points, quasi-Monte Carlo for Gaussian measures, else fresh samples."""
-        if self.data is not None and self.data.shape[0] <= POPULATION_LIMIT:
+        if self._evaluates_population():
             device = generator.device if generator is not None else self.data.device
             q = self.data.to(device=device, dtype=dtype or torch.get_default_dtype())
             yield torch.cat([q, q])

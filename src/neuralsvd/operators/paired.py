@@ -160,7 +160,7 @@ class PairedSamples(PairedOperator):
         return self.x.shape[0] > POPULATION_LIMIT
 
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
-        if self.x.shape[0] > POPULATION_LIMIT:
+        if self.evaluation_is_iid(num_batches, batch_size, svd):
             yield from super().evaluation_batches(num_batches, batch_size, generator, dtype, svd)
             return
         device = generator.device if generator is not None else self.x.device

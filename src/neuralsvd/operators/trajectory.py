@@ -291,7 +291,7 @@ class TrajectoryOperator(PairedOperator):
     def evaluation_batches(self, num_batches, batch_size, generator, dtype, svd=False):
         """Every pair once (in chunks of ``batch_size`` pairs) when there are at most ``evaluation_pairs``,
         else ``num_batches`` random batches."""
-        if self.num_pairs > self.evaluation_pairs:
+        if self.evaluation_is_iid(num_batches, batch_size, svd):
             yield from super().evaluation_batches(num_batches, batch_size + batch_size % 2, generator, dtype, svd)
             return
         device = generator.device if generator is not None else torch.device("cpu")
