@@ -1,7 +1,8 @@
 """Short budgets on problems no preset was tuned on: NeuralSVD (before/after) vs NeuralEF, library defaults.
 
 Every run is what a newcomer writes: the operator, ``models.ParallelMLP(d, L)`` with its defaults, the
-loss with its defaults, ``fit(model, op, loss, steps=N)`` (Adam 1e-3, batch 128, cosine). Problems:
+loss with its defaults, ``fit(model, op, loss, steps=N)`` (fit's defaults: Adam at the model's learning rate,
+batch 128, the default schedule; the runs in the docs were made with 1e-3 and the cosine schedule). Problems:
 
 * ``oscillator3d``: ``HarmonicOscillator(dim=3)`` (its default shift and sampler), 4 modes (ground state and
   the 3-fold first shell);
