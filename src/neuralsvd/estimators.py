@@ -49,9 +49,7 @@ from .operators.trajectory import Trajectories, TrajectoryData, TrajectoryOperat
 
 __all__ = ["KoopmanModel", "NeuralCCA", "NeuralEigenmap", "NeuralKoopman", "NeuralSpectralEmbedding"]
 
-#: the estimators' learning-rate schedule: the one their documented comparisons (docs/data-operators.md,
-#: docs/dynamics-comparisons.md) were measured with; ``fit``'s default ``stable-cosine`` is measured on the
-#: robustness benchmark's Schrödinger, kernel and graph problems, not on these
+#: the schedule the estimators' documented comparisons were measured with (fit's default is not measured here)
 SCHEDULE = "cosine"
 
 
