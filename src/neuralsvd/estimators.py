@@ -49,8 +49,8 @@ from .operators.trajectory import Trajectories, TrajectoryData, TrajectoryOperat
 
 __all__ = ["KoopmanModel", "NeuralCCA", "NeuralEigenmap", "NeuralKoopman", "NeuralSpectralEmbedding"]
 
-#: fit's options as the estimators' documented comparisons were measured (fit's newer defaults are not measured here)
-FIT_OPTIONS = {"schedule": "cosine", "size_control": False}
+#: the schedule the estimators' documented comparisons were measured with (fit's default is not measured here)
+SCHEDULE = "cosine"
 
 
 class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -80,7 +80,7 @@ class _NeuralSpectral(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             torch.manual_seed(seed)
             result = fit(make_model(), operator, NestedLoRA(num_modes, nesting=self.nesting),
                          steps=int(self.steps), batch_size=int(self.batch_size), lr=self.lr, seed=seed,
-                         **FIT_OPTIONS, device=self.device, dtype=torch.float32, progress=self.verbose)
+                         schedule=SCHEDULE, device=self.device, dtype=torch.float32, progress=self.verbose)
         for module in result.decomposition.modules(result.model):
             module.double()  # trained in float32, evaluated in float64: transform is batch-independent
         return result
@@ -412,7 +412,7 @@ class NeuralKoopman(BaseEstimator):
                 model = operator.pinned_models(self._network(scale), self._network(scale))
             self.result_ = fit(model, operator, NestedLoRA(self.n_components + 1, nesting=self.nesting),
                                steps=int(self.steps), batch_size=int(self.batch_size), lr=self.lr, seed=int(self.seed),
-                               **FIT_OPTIONS, device=self.device, dtype=torch.float32, progress=self.progress)
+                               schedule=SCHEDULE, device=self.device, dtype=torch.float32, progress=self.progress)
         for module in self.result_.decomposition.modules(self.result_.model):
             module.double().cpu()  # trained in float32, evaluated in float64: transform is batch-independent
         self.n_features_in_ = data.dim

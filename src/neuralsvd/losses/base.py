@@ -37,15 +37,12 @@ class LossOutput:
         gram: ``(L, L)`` batch estimate of ``⟨f_l, f_m⟩`` (for SVD: of the left functions). Detached.
         norm_eigenvalues: ``(L,)`` a second estimator where the method has one (NestedLoRA: ``‖f_l‖²``,
             or ``‖f_l‖‖g_l‖`` for SVD, which tend to the eigen/singular values at the optimum), else None.
-        gram_squared: ``(L, L)`` an estimate of ``⟨f_l, f_m⟩²`` free of the batch noise that biases
-            ``gram ** 2`` upwards (NestedLoRA, EVD: the product of the two halves' estimates), else None.
     """
 
     loss: Tensor
     eigenvalues: Tensor
     gram: Tensor
     norm_eigenvalues: Tensor | None = None
-    gram_squared: Tensor | None = None
 
 
 class SpectralLoss(nn.Module):

@@ -191,7 +191,7 @@ class NestedLoRA(SplitHalves, SpectralLoss):
             gram = _second_moment(f)
             norms = gram.diagonal()
             rayleigh = (f * tf).mean(0) / norms
-        return LossOutput(loss, rayleigh, gram, norms.clone(), lam_a * lam_b if self.split else None)
+        return LossOutput(loss, rayleigh, gram, norms.clone())
 
     def svd(self, fx: Tensor, gy: Tensor, tfy: Tensor, tadj_gx: Tensor) -> LossOutput:
         """SVD form: ``f(x)``, ``(T*g)(x)`` of shape ``(n_x, L)`` and ``g(y)``, ``(Tf)(y)`` of shape

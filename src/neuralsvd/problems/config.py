@@ -61,7 +61,6 @@ class TrainConfig:
     lr_backoff: float = 0.5
     revive: bool = True
     rescue: bool = True
-    size_control: bool = False  # fit's default is True; the presets keep the runs their README numbers come from
     init_ratio: Any = 1.0
     warm_start: Any = 1000
 

@@ -29,7 +29,6 @@ from .rescue import ModeRescue
 from .resources import ResourceError, allocation_failures_as, check_device, check_memory, estimate_peak_memory
 from .result import FitResult
 from .revival import ModeRevival
-from .sizing import SizeControl
 from .state import (
     CHECKPOINT_KEYS,
     OPTIMIZERS,
@@ -83,7 +82,6 @@ def fit(
     readout: str = "rayleigh",
     revive: bool = True,
     rescue: bool = True,
-    size_control: bool = True,
     init_ratio: float | None = INIT_RATIO,
     warm_start: int | None = WARM_START,
     compile: bool = False,
@@ -130,10 +128,6 @@ def fit(
             NestedLoRA, EVD, models whose modes have parameters of their own; never at the optimum, see
             :mod:`~neuralsvd.training.rescue`; ``FitResult.extras["rescued_modes"]`` (mode → tries),
             ``["rescue_steps"]``, ``["rescues"]`` (one record per try)).
-        size_control: after each step, move every mode's size part of the way to the objective's best size
-            for its present shape (NestedLoRA, EVD, models with ``scale_outputs``; same objective and fixed
-            points; keeps the earlier modes' deflation of the later ones right, see
-            :mod:`~neuralsvd.training.sizing`).
         init_ratio: before the first step, shrink each mode of a NestedLoRA loss (a loss with a norm
             estimator) whose ``‖f_l‖²`` exceeds ``init_ratio · |ρ_l|`` (``ρ_l`` its Rayleigh quotient) to that
             cap, through the model's fixed output gain (models with ``scale_outputs``: ParallelMLP, MLP;
@@ -210,8 +204,6 @@ def fit(
                 loss.prepare(operator)
                 run = TrainingState(modules, dec, operator, loss, optimizer, lr, schedule, steps, warmup, ema_decay,
                                     seed, device, dtype, rank_batch, world, compile)
-                if size_control and loss.norms_are_eigenvalues and not dec.is_svd:
-                    run.sizing = SizeControl(modules[0])
                 if rescue and loss.norms_are_eigenvalues and not dec.is_svd:
                     run.rescue = ModeRescue(modules[0], operator, lambda n, g: dec.sample(operator, n, g, dtype),
                                             rank_batch, seed, world.rank, lr, loss.batch_mean, world.average_gradients)

@@ -112,7 +112,6 @@ class TrainingState:
         self.step, self.lr_scale, self.rollbacks = 0, 1.0, 0
         self.warm_start_steps = 0  # steps of the warm start before step 0 (neuralsvd.warm_start)
         self.rescue = None  # the ModeRescue of the run (its counts are checkpointed), if any
-        self.sizing = None  # the SizeControl of the run, if any (its state is the model's output gain)
         self.hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
         self.hist_eig = torch.full((steps, loss.num_modes), math.nan, dtype=torch.float64, device=device)
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every step finite since the last check
@@ -124,19 +123,13 @@ class TrainingState:
         out = self.forward(batch)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        # the history's statistics (and the size control's Gram matrix) ride along the gradient all-reduce
-        sized = self.sizing is not None and out.gram is not None
-        # the size control's statistics: means over the batch, so their mean over ranks is the global batch's
-        sizing = (out.gram, out.eigenvalues.double() * out.gram.diagonal().double(),
-                  *(() if out.gram_squared is None else (out.gram_squared,))) if sized else ()
-        extra = (() if out.norm_eigenvalues is None else (out.norm_eigenvalues,)) + sizing
+        # the history's statistics ride along the gradient all-reduce (data-parallel)
+        extra = () if out.norm_eigenvalues is None else (out.norm_eigenvalues,)
         loss, eigenvalues, *averaged = self.world.average_gradients(self.params, out.loss.detach(), out.eigenvalues,
                                                                     *extra)
-        norms = averaged[0] if out.norm_eigenvalues is not None else None
+        norms = averaged[0] if averaged else None
         self.opt.step()
         self.sched.step()
-        if sized:  # after the scheduler's step: the factor of the next step, as the optimizer's next rate
-            self.sizing(*averaged[len(averaged) - len(sizing):], rate=self.factor(self.sched.last_epoch))
         if self.ema is not None:
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.ema_decay)
         self.hist_loss[self.step] = loss  # data-parallel: the mean over ranks of the batch estimates

@@ -56,15 +56,13 @@ def _statistics(model: nn.Module, operator: Operator, x: Tensor, mean: Mean) -> 
     return fx, tfx, gram, inner
 
 
-def deflated_quotients(gram: Tensor, inner: Tensor, gram_squared: Tensor | None = None) -> Tensor:
+def deflated_quotients(gram: Tensor, inner: Tensor) -> Tensor:
     """``(L,)`` ``ρ̃_l = ρ_l − Σ_{i<l} max(ρ_i, 0) ⟨f̂_i, f̂_l⟩²``: mode ``l``'s Rayleigh quotient under ``T``
     deflated by the earlier modes at their own sizes (``f̂`` unit-norm shapes, ``ρ_l = a_l / G_ll``). The
-    best ``‖f_l‖²`` of sequential NestedLoRA for that shape, the others fixed; zero when ``ρ̃_l ≤ 0``.
-    ``gram_squared``: an estimate of ``G ** 2`` to use instead of it (e.g. without its batch-noise bias)."""
+    best ``‖f_l‖²`` of sequential NestedLoRA for that shape, the others fixed; zero when ``ρ̃_l ≤ 0``."""
     norms = gram.diagonal()
     rho = inner / norms
-    squared = gram.pow(2) if gram_squared is None else gram_squared
-    overlap2 = squared / (norms[:, None] * norms[None, :])  # ⟨f̂_l, f̂_i⟩²
+    overlap2 = gram.pow(2) / (norms[:, None] * norms[None, :])  # ⟨f̂_l, f̂_i⟩²
     return rho - (overlap2.tril(-1) * rho.clamp_min(0)[None, :]).sum(1)
 
 
