@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import neuralsvd as nsvd
-from neuralsvd.training.revival import ModeRevival
+from neuralsvd.training.revival import MAX_REVIVALS, ModeRevival
 
 
 def _models():
@@ -62,3 +62,30 @@ def test_revival_clears_the_optimizer_state_and_ema_of_the_mode():
         torch.testing.assert_close(e.select(axis, 0), p.detach().select(axis, 0) + 1.0)
     assert loss.cv_stats.ac[1].abs().max() == 0 and loss.cv_stats.ac[:, 1].abs().max() == 0
     assert loss.cv_stats.ac[0, 2] == 1.0
+
+
+def test_revival_counts_are_in_the_checkpoint_and_survive_a_resume(tmp_path):
+    """A mode that starts at exactly zero is revived at the first check; the checkpoint records the count,
+    and a resumed run's rule starts from it (so a mode is never revived more than MAX_REVIVALS times)."""
+    a = torch.diag(torch.tensor([5.0, 4.0, 3.0, -1.0, -2.0, 0.5]))
+    op = nsvd.operators.DenseOperator(a)
+
+    def model():
+        torch.manual_seed(0)
+        m = nsvd.models.Tabular(6, 3)
+        with torch.no_grad():
+            m.table[:, 2] = 0.0
+        return m
+
+    kw = {"steps": 40, "batch_size": 6, "log_every": 20, "checkpoint_every": 20, "progress": False,
+          "warm_start": None, "init_ratio": None, "rescue": False}
+    with pytest.warns(RuntimeWarning, match="mode 2 collapsed"):
+        nsvd.fit(model(), op, nsvd.NestedLoRA(3), checkpoint_dir=tmp_path, **kw)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["revival"] == {"count": {2: 1}}
+    revival = ModeRevival((model(),), seed=0)
+    revival.load_state_dict(state["revival"])
+    assert revival.count == {2: 1}
+    revival.count[2] = MAX_REVIVALS  # spent: a collapsed mode 2 is left alone
+    assert revival(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([5.0, 4.0, float("nan")]), 60,
+                   torch.optim.Adam(revival.modules[0].parameters()), None, nsvd.NestedLoRA(3)) == []

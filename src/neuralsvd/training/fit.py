@@ -207,6 +207,7 @@ def fit(
                 if rescue and loss.norms_are_eigenvalues and not dec.is_svd:
                     run.rescue = ModeRescue(modules[0], operator, lambda n, g: dec.sample(operator, n, g, dtype),
                                             rank_batch, seed, world.rank, lr, loss.batch_mean, world.average_gradients)
+                run.revival = ModeRevival(modules, seed) if revive else None
                 if resume:
                     if ckpt_path is None:
                         raise ValueError("resume=True needs checkpoint_dir")
@@ -225,7 +226,6 @@ def fit(
                         calibrate_output_scale(modules, operator, batch0, init_ratio, mean=loss.batch_mean)
                     run.generator.manual_seed(rank_seed(seed, world.rank))
             start = run.step
-            revival = ModeRevival(modules, seed) if revive else None
             bar = _ProgressBar(progress and world.is_main, steps, start, operator, loss, run)
             last_good = run.snapshot()
             t0 = time.perf_counter()
@@ -240,8 +240,8 @@ def fit(
                         if not run.guard(last_good, max_rollbacks, lr_backoff):
                             bar.rewind(run.step)
                             continue
-                        if revival is not None and run.last_eigenvalues is not None:
-                            revival(run.last_norms, run.last_eigenvalues, step, run.opt, run.ema, loss)
+                        if run.revival is not None and run.last_eigenvalues is not None:
+                            run.revival(run.last_norms, run.last_eigenvalues, step, run.opt, run.ema, loss)
                         if run.rescue is not None and step < steps:
                             run.rescue(step, run.opt, run.ema, loss)
                         last_good = run.snapshot()

@@ -58,6 +58,12 @@ class ModeRevival:
         self.enabled = all(hasattr(m, "reset_mode") for m in modules)
         self.count: dict[int, int] = {}
 
+    def state_dict(self) -> dict[str, dict[int, int]]:
+        return {"count": dict(self.count)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.count = {int(k): int(v) for k, v in dict(state.get("count", {})).items()}
+
     def __call__(self, norms: Tensor | None, rayleigh: Tensor, step: int, optimizer: torch.optim.Optimizer,
                  ema: list[Tensor] | None, loss: SpectralLoss) -> list[int]:
         """Re-initialize the collapsed modes (at most :data:`MAX_REVIVALS` times each) and return them.

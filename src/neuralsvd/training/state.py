@@ -112,6 +112,7 @@ class TrainingState:
         self.step, self.lr_scale, self.rollbacks = 0, 1.0, 0
         self.warm_start_steps = 0  # steps of the warm start before step 0 (neuralsvd.warm_start)
         self.rescue = None  # the ModeRescue of the run (its counts are checkpointed), if any
+        self.revival = None  # the ModeRevival of the run (likewise), if any
         self.hist_loss = torch.full((steps,), math.nan, dtype=torch.float64, device=device)
         self.hist_eig = torch.full((steps, loss.num_modes), math.nan, dtype=torch.float64, device=device)
         self.finite = torch.ones((), dtype=torch.bool, device=device)  # every step finite since the last check
@@ -220,6 +221,7 @@ class TrainingState:
             "rollbacks": self.rollbacks,
             "warm_start_steps": self.warm_start_steps,
             "rescue": None if self.rescue is None else self.rescue.state_dict(),
+            "revival": None if self.revival is None else self.revival.state_dict(),
             "history": {"loss": self.hist_loss[:done].cpu(), "eigenvalues": self.hist_eig[:done].cpu()},
         }
 
@@ -240,8 +242,9 @@ class TrainingState:
         restore_rng(rngs[self.world.rank], self.generator)
         self.rollbacks = int(state["rollbacks"])
         self.warm_start_steps = int(state.get("warm_start_steps", 0))  # absent in older checkpoints
-        if self.rescue is not None and state.get("rescue") is not None:
-            self.rescue.load_state_dict(state["rescue"])
+        for rule, key in ((self.rescue, "rescue"), (self.revival, "revival")):
+            if rule is not None and state.get(key) is not None:  # absent in older checkpoints
+                rule.load_state_dict(state[key])
         self._set_lr_scale(float(state["lr_scale"]))
         done = min(self.step, self.hist_loss.shape[0])
         self.hist_loss[:done] = state["history"]["loss"][:done].to(self.hist_loss)
