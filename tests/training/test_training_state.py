@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import random
 import signal
@@ -21,6 +23,7 @@ from neuralsvd import cli
 from neuralsvd.models import ParallelMLP
 from neuralsvd.operators import HarmonicOscillator, Schrodinger
 from neuralsvd.training.checkpoint import CheckpointError, load_checkpoint
+from neuralsvd.training.state import STABLE_FRACTION, lr_factor
 
 _model = small_model
 
@@ -199,11 +202,6 @@ def test_learning_rate_schedules_in_closed_form():
     """``stable-cosine`` (fit's default): 1 for the first 70% of the steps after warmup, then
     ``½(1 + cos(π u))`` with ``u`` the fraction of the last 30% done; ``cosine`` from the start; both 0 at the
     end; linear warmup before either."""
-    import inspect
-    import math
-
-    from neuralsvd.training.state import STABLE_FRACTION, lr_factor
-
     assert STABLE_FRACTION == 0.7
     stable = lr_factor("stable-cosine", 1000, 0)
     assert [stable(s) for s in (0, 350, 699, 700)] == [1.0, 1.0, 1.0, 1.0]
