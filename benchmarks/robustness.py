@@ -129,16 +129,17 @@ def _oscillator(verify: bool, omegas: Sequence[float], modes: int) -> tuple[np.n
     return _separable([_fd1(_x2(0, w), modes, 8.0 / w ** 0.5) for w in omegas], modes)
 
 
-def _hydrogen_radial(charge: float, modes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``-Δ - Z/|x|`` in 3D from radial FD (``u = r R``, Dirichlet at 0): ``l = 0, 1, 2`` with ``2l + 1`` states each."""
-    radial = 80.0
+def _radial(potential: Formula, dim: int, modes: int, verify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``-Δ + V(|x|)`` in 2D or 3D from radial FD (:func:`robustness_references.radial_levels`, a box of
+    radius 80): angular momenta ``l = 0..2`` with their multiplicities (3D ``2l + 1``; 2D 1 for ``l = 0``,
+    else 2); ``verify``: twice the points."""
     levels = []
     for ang in range(3):
-        def v(t: np.ndarray, ang: int = ang) -> np.ndarray:
-            return -charge / t + ang * (ang + 1) / t**2
+        def v(t: np.ndarray) -> np.ndarray:
+            return potential(np.stack([t] + [np.zeros_like(t)] * (dim - 1), 1), np)
 
-        found, _ = ref.fd_levels_1d(v, modes, radial / 2, points=20000, center=radial / 2)
-        levels += [e for e in found if e < 0 for _ in range(2 * ang + 1)]
+        found = ref.radial_levels(v, dim, ang, modes, points=20000 * (1 + verify))
+        levels += [e for e in found for _ in range(2 * ang + 1 if dim == 3 else 1 + (ang > 0))]
     return _exact(np.sort(levels)[:modes])
 
 
@@ -177,6 +178,8 @@ _ANH = lambda x, m: x[:, 0] ** 2 + 0.1 * x[:, 0] ** 4
 _CQ = lambda x, m: x[:, 0] ** 2 + 0.3 * x[:, 0] ** 3 + 0.1 * x[:, 0] ** 4
 _QUARTIC = lambda i: (lambda x, m: x[:, i] ** 4)
 _HYDROGEN = lambda x, m: -2.0 / m.sqrt((x**2).sum(1))
+_HYDROGEN_2D = lambda x, m: -1.0 / m.sqrt((x**2).sum(1))
+_COULOMB_TRAP = lambda x, m: -1.5 / m.sqrt((x**2).sum(1)) + 0.1 * (x**2).sum(1)
 _COUPLED = lambda x, m: x[:, 0] ** 2 + x[:, 1] ** 2 + 0.8 * x[:, 0] * x[:, 1] + 0.2 * x[:, 0] ** 2 * x[:, 1] ** 2
 _HENON = lambda x, m: (x[:, 0] ** 2 + x[:, 1] ** 2 + 0.5 * (x[:, 0] ** 2 * x[:, 1] - x[:, 1] ** 3 / 3)
                        + 0.05 * (x[:, 0] ** 2 + x[:, 1] ** 2) ** 2)
@@ -282,7 +285,7 @@ def _main_suite() -> list[Problem]:
           lambda verify=False: _fd1(_morse(0, 16.0, 1.0), 3, 7.0, 2.5) if verify else _exact(ref.morse_levels(16.0, 1.0, 3)),
           "closed form 16 − (3.5−n)²"),
         s("hydrogen-3d", "−2/|x| (3D)", _HYDROGEN, 3, 5, 0.0, 3.0,
-          lambda verify=False: _hydrogen_radial(2.0, 5) if verify else _exact(ref.hydrogen3d_levels(2.0, 5)),
+          lambda verify=False: _radial(_HYDROGEN, 3, 5) if verify else _exact(ref.hydrogen3d_levels(2.0, 5)),
           "closed form −Z²/(4n²), n² states"),
         s("aniso-1.7-2d", "x0² + (1.7x1)²", _sum(_x2(0), _x2(1, 1.7)), 2, 3, 8.0, 2.0,
           lambda verify=False: _oscillator(verify, [1.0, 1.7], 3), "closed form Σ ω(2n+1)"),
@@ -320,6 +323,11 @@ def _holdout_suite() -> list[Problem]:
         s("morse-1d-b", "9(1−e^(−0.75x))²", _morse(0, 9.0, 0.75), 1, 3, 8.5, 2.0,
           lambda verify=False: _fd1(_morse(0, 9.0, 0.75), 3, 9.0, 3.0) if verify else _exact(ref.morse_levels(9.0, 0.75, 3)),
           "closed form 9 − 0.5625(4−n−½)²"),
+        s("hydrogen-2d", "−1/|x| (2D)", _HYDROGEN_2D, 2, 4, 0.0, 4.0,
+          lambda verify=False: _radial(_HYDROGEN_2D, 2, 4) if verify else _exact(ref.hydrogen2d_levels(1.0, 4)),
+          "closed form −Z²/(2n+1)², 2n+1 states"),
+        s("coulomb-trap-3d", "−1.5/|x| + 0.1|x|²", _COULOMB_TRAP, 3, 4, 1.2, 2.0,
+          lambda verify=False: _radial(_COULOMB_TRAP, 3, 4, verify=verify), "radial FD, l ≤ 2"),
         _kernel_problem("laplace-kernel-1d", "laplacian", 1.0, (1.0,), 1500, 4, seed=4),
         _graph_problem("annulus-graph", 350, 0.25, 4, seed=5, shape="annulus"),
     ]

@@ -89,6 +89,30 @@ def hydrogen3d_levels(charge: float, num_levels: int) -> np.ndarray:
     return np.array(levels[:num_levels])
 
 
+def radial_levels(potential: Potential1D, dim: int, ang: int, num_levels: int, radius: float = 80.0,
+                  points: int = 20000) -> np.ndarray:
+    """Lowest levels of ``-R'' - (d-1)/r R' + (l(l+d-2)/r² + V(r)) R = E R`` (``-Δ + V(|x|)`` at angular
+    momentum ``l`` in ``d`` dimensions) on ``(0, radius)``, ``R(radius) = 0``: the flux form
+    ``-(r^{d-1} R')' / r^{d-1}`` on a cell-centred grid (no boundary condition needed at 0, also for 2D
+    ``l = 0``), symmetrized with the weights ``r^{d-1}``; second order, Richardson-extrapolated from ``points``
+    and ``2 points`` cells."""
+    def solve(n: int) -> np.ndarray:
+        h = radius / n
+        r, faces = (np.arange(n) + 0.5) * h, np.arange(1, n + 1) * h
+        w, wf = r ** (dim - 1), faces ** (dim - 1)
+        diag = (np.r_[0.0, wf[:-1]] + wf) / h**2 / w + potential(r) + ang * (ang + dim - 2) / r**2
+        off = -wf[:-1] / h**2 / np.sqrt(w[:-1] * w[1:])
+        return eigh_tridiagonal(diag, off, select="i", select_range=(0, num_levels - 1))[0]
+
+    return (4 * solve(2 * points) - solve(points)) / 3
+
+
+def hydrogen2d_levels(charge: float, num_levels: int) -> np.ndarray:
+    """Lowest levels of ``-Δ - Z/|x|`` in 2D: ``-Z²/(2n + 1)²``, each ``2n + 1`` times (n = 0, 1, ...), ascending."""
+    levels = [-(charge**2) / (2 * n + 1) ** 2 for n in range(num_levels) for _ in range(2 * n + 1)]
+    return np.array(levels[:num_levels])
+
+
 def tensor_sum_levels(axis_levels: Sequence[np.ndarray], num_levels: int) -> np.ndarray:
     """Lowest ``num_levels`` sums ``Σ_i E_i[n_i]`` of per-axis levels (a separable potential), ascending.
 

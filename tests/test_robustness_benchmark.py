@@ -29,6 +29,19 @@ def test_fd_1d_matches_closed_form(potential, exact, half_width, center):
     assert bound.max() < 1e-4
 
 
+@pytest.mark.parametrize(("potential", "dim", "ang", "exact"), [
+    (lambda r: -2 / r, 3, 0, [-1.0, -0.25, -1 / 9]),  # 3D hydrogen (Z = 2): -1/n², n > l
+    (lambda r: -2 / r, 3, 1, [-0.25, -1 / 9]),
+    (lambda r: -1 / r, 2, 0, [-1.0, -1 / 9, -1 / 25]),  # 2D hydrogen: -1/(2n+1)², n ≥ |m|
+    (lambda r: -1 / r, 2, 2, [-1 / 25]),
+    (lambda r: r**2, 3, 0, [3.0, 7.0]),  # 3D oscillator: 2(2k + l) + 3
+    (lambda r: r**2, 2, 1, [4.0, 8.0]),  # 2D oscillator: 2(2k + |m|) + 2
+])
+def test_radial_levels_match_closed_forms(potential, dim, ang, exact):
+    levels = ref.radial_levels(potential, dim, ang, len(exact), radius=40.0 if exact[0] > 0 else 80.0)
+    np.testing.assert_allclose(levels, exact, rtol=1e-7, atol=1e-9)
+
+
 def test_fd_1d_converges_at_fourth_order_after_extrapolation():
     errors = [abs(ref.fd_levels_1d(lambda t: t**2, 3, 8.0, points=n)[0][2] - 5.0) for n in (200, 401)]
     assert errors[1] < errors[0] / 10  # h/2: O(h^4) gives /16
@@ -49,6 +62,7 @@ def test_closed_forms():
     np.testing.assert_allclose(ref.oscillator_levels([1.0, 1.7], 4), [2.7, 4.7, 6.1, 6.7])
     np.testing.assert_allclose(ref.normal_mode_levels(np.diag([1.0, 2.89]), 4), [2.7, 4.7, 6.1, 6.7])
     np.testing.assert_allclose(ref.hydrogen3d_levels(2.0, 6), [-1, -0.25, -0.25, -0.25, -0.25, -1 / 9])
+    np.testing.assert_allclose(ref.hydrogen2d_levels(1.0, 5), [-1, -1 / 9, -1 / 9, -1 / 9, -1 / 25])
     np.testing.assert_allclose(ref.tensor_sum_levels([np.array([1.0, 3.0]), np.array([0.0, 0.5])], 3), [1, 1.5, 3])
     with pytest.raises(ValueError, match="bound levels"):
         ref.poschl_teller_levels(2.0, 3)

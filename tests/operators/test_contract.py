@@ -37,9 +37,9 @@ def _walks() -> np.ndarray:
 
 
 def _schrodinger_rule(op: operators.Schrodinger) -> quadrature.Quadrature:
-    """A Lebesgue box rule turned into ``L²(p)`` weights (``E_p[a b] = Σ w_dx p a b``)."""
+    """A Lebesgue box rule turned into weights for the operator's values (``Σ w_dx q a b``, ``q`` the draws' density)."""
     rule = quadrature.box([9.0] * op.dim, panels=12, nodes=16)
-    return quadrature.Quadrature(rule.points, rule.weights * op.sampler.log_prob(rule.points).exp())
+    return quadrature.Quadrature(rule.points, rule.weights * op.draws.log_prob(rule.points).exp())
 
 
 # name -> (operator factory, tolerance of the symmetry check, tolerance of the exact pairs or None)

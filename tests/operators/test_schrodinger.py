@@ -28,9 +28,11 @@ F64 = torch.float64
 # --- helpers ------------------------------------------------------------------------------------------
 
 def _importance_function(op, num_modes):
-    """``f = ψ / sqrt(p)``: the function whose T-image the operator computes."""
+    """The model of the exact states: ``ψ / sqrt(p)`` (the ratio output), divided by the cusp factor
+    ``J`` where the operator found charges (``eigenfunctions_from_model`` maps it back to ``ψ``)."""
     def f(x):
-        return op.exact_eigenfunctions(x, num_modes) / torch.exp(0.5 * op.sampler.log_prob(x)).unsqueeze(-1)
+        weight = op.eigenfunctions_from_model(torch.ones(x.shape[0], 1, dtype=x.dtype), x)  # (n, 1)
+        return op.exact_eigenfunctions(x, num_modes) / weight
     return f
 
 
@@ -209,22 +211,24 @@ def test_oscillator_finite_difference_laplacian_agrees_loosely(kwargs, L):
 
 
 def _psi_function(op, num_modes):
-    """The exact ``ψ`` itself: the model of a ``model_output="psi"`` operator."""
-    return lambda x: op.exact_eigenfunctions(x, num_modes)
+    """The model of a ``model_output="psi"`` operator: the exact ``ψ`` itself (over the cusp factor, if any)."""
+    return _importance_function(op, num_modes)
 
 
 @pytest.mark.parametrize("sampler", [None, Mixture([Gaussian(2, 1.0), RadialExponential(2, 3.0)])],
                          ids=["default", "gauss+exp-mixture"])
 def test_hydrogen_eigen_equation_psi_output(sampler):
-    """``model_output="psi"``: the operator returns ``(ψ/√p, Tψ/√p)``, so Tf = λ f for the exact ψ."""
+    """``model_output="psi"``: the operator returns ``(ψ/√q, Tψ/√q)`` (``q`` its draws' density), so Tf = λ f for
+    the exact ψ, and the model maps back to ψ."""
     op = Hydrogen2D(sampler=sampler, model_output="psi")
     L = 16
     lam = op.scale * (op.shift - op.exact_eigenvalues(L))
     x = _hydrogen_points(24, 1.0)
     assert _relative_residual(op, _psi_function(op, L), x, lam) < 1e-8
     fx, _ = op.apply(_psi_function(op, L), x)
-    torch.testing.assert_close(fx, _importance_function(op, L)(x), rtol=1e-12, atol=0)
-    torch.testing.assert_close(op.eigenfunctions_from_model(fx, x), fx)
+    psi = op.exact_eigenfunctions(x, L)
+    torch.testing.assert_close(fx, psi * torch.exp(-0.5 * op.draws.log_prob(x)).unsqueeze(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(op.eigenfunctions_from_model(_psi_function(op, L)(x), x), psi)
 
 
 @pytest.mark.parametrize("kwargs,L", OSCILLATORS)

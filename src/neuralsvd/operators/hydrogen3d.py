@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..numerics import quadrature as quad
 from ..numerics.sampling import RadialExponential, Sampler
-from .schrodinger import Schrodinger
+from .schrodinger import Schrodinger, nucleus
 
 __all__ = ["Hydrogen3D", "hydrogen_states"]
 
@@ -69,17 +69,18 @@ class Hydrogen3D(Schrodinger):
 
     Defaults: ``T = 100 (0 - H)``, samples from the radial exponential ``∝ e^{-r / 2}``, the model is
     ``ψ / sqrt(p)`` (``model_output="ratio"``); the presets use ``model_output="psi"`` with a mixture
-    sampler (see :mod:`neuralsvd.problems.higher_dim_presets`).
+    sampler (see :mod:`neuralsvd.problems.higher_dim_presets`) and no cusp factor (their model has ``|x|`` as an
+    input). ``cusps="auto"`` (default): the cusp factor of the nucleus (see :class:`Schrodinger`); None: none.
     """
 
     def __init__(self, charge: float = 1.0, kinetic: float = 0.5, scale: float = 100.0, shift: float = 0.0,
                  sampler: Sampler | None = None, laplacian: str = "exact", fd_eps: float = 1e-2,
-                 model_output: str = "ratio"):
+                 model_output: str = "ratio", cusps: str | None = "auto"):
         if not (isinstance(charge, (int, float)) and charge > 0 and math.isfinite(charge)):
             raise ValueError(f"charge must be a positive finite number, got {charge!r}")
         self.charge = float(charge)
         super().__init__(self._coulomb, 3, kinetic, scale, shift, sampler or RadialExponential(3, 2.0), laplacian,
-                         fd_eps, model_output)
+                         fd_eps, model_output, cusps=nucleus(3, self.charge, cusps))
 
     @property
     def bohr_radius(self) -> float:

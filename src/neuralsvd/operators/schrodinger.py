@@ -31,11 +31,12 @@ from ..numerics.autodiff import (
     directional_derivative,
     value_and_derivatives,
 )
+from ..numerics.cusps import Charge, find_coulomb_charges, log_cusp_derivatives, proposal_near_charges
 from ..numerics.sampling import Gaussian, Sampler
 from .base import Function, Operator, check_model_output
 from .multi_index import top_multi_indices
 
-__all__ = ["HarmonicOscillator", "Hydrogen2D", "Schrodinger"]
+__all__ = ["HarmonicOscillator", "Hydrogen2D", "Schrodinger", "nucleus"]
 
 
 class Schrodinger(Operator):
@@ -55,13 +56,24 @@ class Schrodinger(Operator):
             the drift term ``∇u·∇f`` is computed exactly (one more jvp), so only ``Δf`` is estimated.
         model_output: ``"ratio"`` (default, the paper's importance trick: the model is ``ψ / sqrt(p)``) or
             ``"psi"`` (the model is ``ψ``; see the module docstring).
+        cusps: ``"auto"`` (default: find the potential's attractive Coulomb charges, see
+            :func:`~neuralsvd.numerics.cusps.find_coulomb_charges`), a sequence of
+            :class:`~neuralsvd.numerics.cusps.Charge`, or ``None``. Each charge's cusp factor ``J``
+            (Kato's cusp, constant far away) multiplies the model: the functions learned are ``J`` times the
+            model's output (``ψ = sqrt(p) J model`` or ``J model``), so a smooth network represents the
+            states' cusps and the charge's ``1/r`` cancels in ``Tf`` point by point. ``self.charges`` lists
+            them (empty: no factor, the operator as without it). When ``sampler`` puts fewer than 10% of its
+            points within a Bohr radius of a charge, training and read-out batches are drawn from
+            ``self.proposal`` instead (half from ``sampler``, half near the charges,
+            :func:`~neuralsvd.numerics.cusps.proposal_near_charges`) and weighted by ``sqrt(p/q)``: the
+            estimates stay those of ``L²(p)``, without the heavy tails of a region the sampler hardly reaches.
     """
 
     MODEL_OUTPUTS = ("ratio", "psi")
 
     def __init__(self, potential: Callable[[Tensor], Tensor], dim: int, kinetic: float = 1.0, scale: float = 1.0,
                  shift: float = 0.0, sampler: Sampler | None = None, laplacian: str = "exact", fd_eps: float = 1e-2,
-                 model_output: str = "ratio", probes: int = 1):
+                 model_output: str = "ratio", probes: int = 1, cusps: str | Sequence[Charge] | None = "auto"):
         super().__init__()
         if not callable(potential):
             raise TypeError(f"potential must be a callable x (n, d) -> (n,), got {type(potential).__name__}")
@@ -83,9 +95,27 @@ class Schrodinger(Operator):
         self.potential, self.dim = potential, dim
         self.kinetic, self.scale, self.shift = float(kinetic), float(scale), float(shift)
         self.laplacian_method, self.fd_eps, self.probes = laplacian, float(fd_eps), probes
+        if isinstance(cusps, str) and cusps != "auto":
+            raise ValueError(f"cusps must be 'auto', a sequence of Charge or None, got {cusps!r}")
+        if dim < 2 or cusps is None:
+            self.charges: list[Charge] = []
+        elif isinstance(cusps, str):
+            self.charges = find_coulomb_charges(potential, self.sampler)
+        else:
+            self.charges = list(cusps)
+            if not all(isinstance(c, Charge) and len(c.center) == dim and c.charge > 0 for c in self.charges):
+                raise ValueError(f"cusps must be Charge(center of length {dim}, charge > 0) items, got {cusps!r}")
+        # draws come from q (p itself when it reaches the charges); f and Tf carry sqrt(p/q): estimates stay L²(p)'s
+        self.proposal = proposal_near_charges(self.sampler, self.charges, self.kinetic)
+
+    @property
+    def draws(self) -> Sampler:
+        """The density ``q`` that :meth:`sample` draws from (``proposal`` or ``sampler``): :meth:`apply`'s values
+        carry ``sqrt(p/q)``, so averages over draws of ``q`` (or a rule weighted by ``q``) are ``L²(p)`` moments."""
+        return self.proposal or self.sampler
 
     def sample(self, n, generator=None, dtype=None):
-        return self.sampler.sample(n, generator, dtype)
+        return self.draws.sample(n, generator, dtype)
 
     def validate(self, x: Tensor) -> None:
         v = self.potential(x)
@@ -107,17 +137,27 @@ class Schrodinger(Operator):
         check_model_output(fx, x.shape[0])  # fx (n, L) with graph; value (n, L), grad (n, d, L), lap (n, L)
         with torch.no_grad():
             v = self.potential(x).unsqueeze(-1)  # (n, 1)
-            if self.model_output == "psi":  # the model is ψ: divide f and Tψ by sqrt(p)
-                weight = torch.exp(-0.5 * self.sampler.log_prob(x)).unsqueeze(-1)  # (n, 1)
+            # ψ = exp(w) · model with w = ½ log p (ratio) and + log J (cusps): Δψ / e^w from the derivatives of w
+            weight, dw, lap_w = None, None, None  # weight (n, 1) multiplies f and Tf
+            if self.model_output == "psi":  # the model is ψ / J: divide f and Tψ by sqrt(p)
+                weight = torch.exp(-0.5 * self.sampler.log_prob(x)).unsqueeze(-1)
+            else:
+                _, dw, lap_w = self.sampler.half_log_density_derivatives(x)  # (n, d), (n,)
+                dw = dw.to(x)
+            if self.charges:
+                log_j, dj, lap_j = log_cusp_derivatives(x, self.charges, self.kinetic)
+                dw, lap_w = (dj, lap_j) if dw is None else (dw + dj, lap_w + lap_j)
+                log_q = self.draws.log_prob(x)  # importance weight sqrt(p/q) of the draw
+                j = torch.exp(log_j + 0.5 * (self.sampler.log_prob(x) - log_q)).unsqueeze(-1)
+                weight = j if weight is None else weight * j
+            if dw is None:
                 lap_psi = lap
-            else:  # the model is ψ/sqrt(p): Δψ/sqrt(p) from the derivatives of u = ½ log p
-                weight = None
-                _, du, lap_u = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
-                if self.laplacian_method in STOCHASTIC_METHODS:  # ∇u·∇f exactly (one jvp): only Δf is random
-                    drift = directional_derivative(f, x, du.to(x))  # (n, L)
+            else:
+                if self.laplacian_method in STOCHASTIC_METHODS:  # ∇w·∇f exactly (one jvp): only Δf is random
+                    drift = directional_derivative(f, x, dw)  # (n, L)
                 else:
-                    drift = (du.unsqueeze(-1) * grad).sum(1)
-                lap_psi = lap + 2 * drift + ((du * du).sum(1) + lap_u).unsqueeze(-1) * value
+                    drift = (dw.unsqueeze(-1) * grad).sum(1)
+                lap_psi = lap + 2 * drift + ((dw * dw).sum(1) + lap_w).unsqueeze(-1) * value
             tfx = self.scale * ((self.shift - v) * value + self.kinetic * lap_psi)
         if weight is None:
             return fx, tfx
@@ -127,21 +167,25 @@ class Schrodinger(Operator):
         return self.shift - eigenvalues / self.scale
 
     def _quadrature_in_sampling_measure(self, max_points: int = 100_000) -> quad.Quadrature | None:
-        """This operator's :meth:`quadrature` re-weighted for ``L²(p)`` (``w p(x)``), if it has at most
-        ``max_points`` points; presets with deterministic rules use it for read-outs."""
+        """This operator's :meth:`quadrature` re-weighted for :meth:`apply`'s values (``w q(x)``, ``q`` the
+        draws' density: ``L²(p)`` moments), if it has at most ``max_points`` points; presets with deterministic
+        rules use it for read-outs."""
         q = self.quadrature()
         if len(q) > max_points:
             return None
-        log_p = self.sampler.log_prob(q.points)
+        log_p = self.draws.log_prob(q.points)
         # drop points the sampler never reaches (p < e^-150): there 1/sqrt(p) overflows float32 and the
         # model was never trained; their weight w p underflows anyway
         keep = log_p > -150.0
         return quad.Quadrature(q.points[keep], q.weights[keep] * torch.exp(log_p[keep]))
 
     def eigenfunctions_from_model(self, fx: Tensor, x: Tensor) -> Tensor:
-        if self.model_output == "psi":
-            return fx
-        return torch.exp(0.5 * self.sampler.log_prob(x)).unsqueeze(-1) * fx
+        log_w = torch.zeros(x.shape[0], dtype=fx.dtype, device=fx.device)  # (n,)
+        if self.model_output == "ratio":
+            log_w = log_w + 0.5 * self.sampler.log_prob(x).to(log_w)
+        if self.charges:
+            log_w = log_w + log_cusp_derivatives(x, self.charges, self.kinetic)[0].to(log_w)
+        return torch.exp(log_w).unsqueeze(-1) * fx
 
     def quadrature(self) -> quad.Quadrature:
         """Default: importance-sampled Monte Carlo with 2¹⁸ points (error ~2e-3); presets do better."""
@@ -149,6 +193,15 @@ class Schrodinger(Operator):
 
 
 # --- 2D hydrogen ------------------------------------------------------------------------------------
+
+def nucleus(dim: int, charge: float, cusps: str | None) -> list[Charge] | None:
+    """A hydrogen class's ``cusps``: ``"auto"`` is its nucleus (known, so not searched for); None is none."""
+    if cusps is None:
+        return None
+    if cusps != "auto":
+        raise ValueError(f"cusps must be 'auto' or None, got {cusps!r}")
+    return [Charge((0.0,) * dim, charge)]
+
 
 def _hydrogen_states(num_modes: int) -> list[tuple[int, int]]:
     """(n, l) in mode order: shells n = 0, 1, ..., and l = -n..n inside a shell."""
@@ -173,16 +226,17 @@ class Hydrogen2D(Schrodinger):
 
     Energies ``E_n = -Z² / (2n + 1)²``, degeneracy ``2n + 1`` (``l = -n..n``); eigenfunctions from Yang
     et al., Phys. Rev. A 43, 1186 (1991). Defaults follow the paper: ``T = 100 (0 - H)``,
-    samples from ``N(0, 16² I)``.
+    samples from ``N(0, 16² I)``. ``cusps="auto"`` (default): the cusp factor of the nucleus (see
+    :class:`Schrodinger`; the presets, whose model has ``|x|`` as an input, use None).
     """
 
     def __init__(self, charge: float = 1.0, scale: float = 100.0, shift: float = 0.0, sampler: Sampler | None = None,
-                 laplacian: str = "exact", fd_eps: float = 1e-2, model_output: str = "ratio"):
+                 laplacian: str = "exact", fd_eps: float = 1e-2, model_output: str = "ratio", cusps: str | None = "auto"):
         if not charge > 0:
             raise ValueError(f"charge must be positive, got {charge!r}")
         self.charge = float(charge)
         super().__init__(self._coulomb, 2, 1.0, scale, shift, sampler or Gaussian(2, 16.0), laplacian, fd_eps,
-                         model_output)
+                         model_output, cusps=nucleus(2, self.charge, cusps))
 
     def _coulomb(self, x: Tensor) -> Tensor:
         return -self.charge / x.norm(dim=-1)

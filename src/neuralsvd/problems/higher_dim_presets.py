@@ -94,7 +94,8 @@ def _hydrogen3d_operator(p: dict[str, Any]) -> Operator:
     sampler = sampling.Mixture([sampling.RadialExponential(3, a) for a in scales]) if len(scales) > 1 else \
         sampling.RadialExponential(3, scales[0])
     return operators.Hydrogen3D(charge=p["charge"], kinetic=p["kinetic"], scale=p["scale"], shift=p["shift"],
-                                sampler=sampler, laplacian=p["laplacian"], model_output=p["model_output"])
+                                sampler=sampler, laplacian=p["laplacian"], model_output=p["model_output"],
+                                cusps=p.get("cusps", "auto"))
 
 
 def _hydrogen3d_plot(result: Any, config: ExperimentConfig, path: Any) -> None:
@@ -116,7 +117,7 @@ def _hydrogen3d() -> ExperimentConfig:
     return ExperimentConfig(
         problem="hydrogen3d", modes=14,  # no rescue, as the 2D preset (docs/convergence-study.md §11)
         operator=dict(charge=1.0, kinetic=0.5, scale=100.0, shift=0.0, sampler_exp_scale=(0.25, 1.0, 4.0),
-                      laplacian="exact", model_output="psi"),
+                      laplacian="exact", model_output="psi", cusps=None),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
         train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", rescue=False),

@@ -33,7 +33,8 @@ __all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_m
 
 def _hydrogen_operator(p: dict[str, Any]) -> Operator:
     return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"], sampler=config_sampler(2, p),
-                                laplacian=p["laplacian"], model_output=p.get("model_output", "ratio"))
+                                laplacian=p["laplacian"], model_output=p.get("model_output", "ratio"),
+                                cusps=p.get("cusps", "auto"))
 
 
 def _oscillator_frequencies(p: dict[str, Any]) -> tuple[int, list[float]]:
@@ -78,7 +79,7 @@ def _hydrogen_paper() -> ExperimentConfig:
     return ExperimentConfig(
         problem="hydrogen-paper", modes=16,
         operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=16.0, sampler_bound=None, laplacian="exact",
-                      sampler_exp_scale=None, model_output="ratio"),
+                      sampler_exp_scale=None, model_output="ratio", cusps=None),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", fourier_features=1024, fourier_scale=0.1),
         train=TrainConfig(steps=500_000, batch_size=128, optimizer="rmsprop", lr=1e-4, schedule="cosine",
                           ema_decay=0.995, init_ratio=None, rescue=False),  # the authors' start: no cap, no rescue
@@ -101,7 +102,7 @@ def _hydrogen() -> ExperimentConfig:
     return ExperimentConfig(
         problem="hydrogen", modes=9,
         operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=None, sampler_bound=None,
-                      laplacian="exact", sampler_exp_scale=(0.5, 2.0, 8.0), model_output="psi"),
+                      laplacian="exact", sampler_exp_scale=(0.5, 2.0, 8.0), model_output="psi", cusps=None),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
         train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None,
