@@ -587,11 +587,11 @@ def _report(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _merge(paths: Sequence[str], json_out: str | None, plot_out: str | None) -> int:
-    """Tables, JSON and figure of the runs of several --json files (e.g. one per seed)."""
+    """Tables, JSON and figure of the runs of several --json files (e.g. one per seed; merged files too)."""
     payloads = [json.loads(Path(p).read_text()) for p in paths]
     rows = [r for p in payloads for r in p["runs"]]
     _report(rows)
-    commands = [p["command"] for p in payloads]
+    commands = [c for p in payloads for c in (p["command"] if isinstance(p["command"], list) else [p["command"]])]
     print("merged from:\n" + "\n".join(f"command: {c}" for c in commands))
     merged = {**payloads[0], "command": commands, "wall_seconds": sum(p["wall_seconds"] for p in payloads),
               "problems": {k: v for p in payloads for k, v in p["problems"].items()},
