@@ -61,7 +61,8 @@ TOLERANCE = 0.01
 NORM_RATIO_RANGE = (0.5, 2.0)
 SIZES = {"default": None, "small": (64, 64)}  # ParallelMLP hidden widths (None: the library default)
 #: --quick: problem -> (modes, steps), a budget at which the library defaults pass (tests/test_robustness_benchmark.py)
-QUICK = {"anharmonic-1d": (3, 800), "aniso-1.7-2d": (2, 1500), "dense-matrix": (4, 15000), "radius-graph": (3, 2000)}
+QUICK = {"anharmonic-1d": (3, 800), "aniso-1.7-2d": (2, 1500), "hydrogen-3d": (2, 1500), "dense-matrix": (4, 15000),
+         "radius-graph": (3, 2000)}
 
 # A potential is written once, for torch (the operator) and numpy (the references): x (n, d), m the module.
 Formula = Callable[[Any, Any], Any]

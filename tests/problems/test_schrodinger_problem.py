@@ -125,3 +125,13 @@ def test_automatic_sampler_adds_a_core_component_only_for_a_tight_ground_state()
     aniso = get_problem("schrodinger").default_config().with_overrides([ANISO, "operator.dim=2", "modes=7"])
     make_operator(aniso)
     assert isinstance(aniso.operator["sampler_std"], float) and aniso.operator["sampler_std"] == pytest.approx(3.5)
+
+
+def test_cusps_are_off_by_default_and_on_by_request():
+    """The command line keeps its automatic sampler's answer to a Coulomb singularity (no cusp factor);
+    ``operator.cusps=auto`` asks the operator to find the charge (Z = 2 at the origin)."""
+    base = ["operator.potential=-2/sqrt(x0**2+x1**2+x2**2)", "operator.dim=3", "modes=5"]
+    assert make_operator(get_problem("schrodinger").default_config().with_overrides(base)).charges == []
+    op = make_operator(get_problem("schrodinger").default_config().with_overrides([*base, "operator.cusps=auto"]))
+    assert len(op.charges) == 1 and op.charges[0].charge == pytest.approx(2.0, rel=1e-9)
+    assert max(abs(c) for c in op.charges[0].center) < 1e-9
