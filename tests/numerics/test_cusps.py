@@ -146,3 +146,6 @@ def test_given_charges_are_used_and_checked():
         Schrodinger(lambda x: -1 / x.norm(dim=1), dim=2, cusps=[Charge((0.0, 0.0, 0.0), 1.0)])
     with pytest.raises(ValueError, match="cusps must be"):
         Schrodinger(lambda x: -1 / x.norm(dim=1), dim=2, cusps="yes")
+    with pytest.raises(ValueError, match="≥ 2"):  # no Coulomb cusp on a line
+        Schrodinger(lambda x: -1 / x.abs()[:, 0], dim=1, cusps=[Charge((0.0,), 1.0)])
+    assert Schrodinger(lambda x: x[:, 0] ** 2, dim=1).charges == []

@@ -49,12 +49,13 @@ def find_coulomb_charges(potential: Callable[[Tensor], Tensor], sampler: Sampler
                          starts: int = 8, seed: int = 0) -> list[Charge]:
     """The attractive Coulomb singularities of ``potential`` within reach of ``sampler``.
 
-    From the ``starts`` lowest and the ``starts`` steepest of ``points`` sampler draws, a Newton iteration for the centre of a Coulomb
-    term (exact in one step for ``V = -Z/|x - c|``, quadratic with a smooth part added) walks to a
-    candidate ``c``; ``c`` is a charge when ``-r V(c + r u)`` takes the same positive
-    value (within 1%) at radii ``10⁻⁴`` and ``10⁻⁵`` (times the sampler's scale) in several directions ``u``
-    (for a finite potential it falls tenfold between them); ``Z`` is that value extrapolated to ``r = 0``. Float64 throughout; a potential that fails in
-    float64 or without autograd has no charges found (never an error). Deterministic (its own generator).
+    From the ``starts`` lowest and the ``starts`` steepest of ``points`` sampler draws, a Newton iteration
+    for the centre of a Coulomb term (exact in one step for ``V = -Z/|x - c|``, quadratic with a smooth part
+    added) walks to a candidate ``c``; ``c`` is a charge when ``-r V(c + r u)`` takes the same positive
+    value (within 1%) at radii ``10⁻⁴`` and ``10⁻⁵`` (times the sampler's scale) in several directions
+    ``u`` (for a finite potential it falls tenfold between them); ``Z`` is that value extrapolated to
+    ``r = 0``. Float64 throughout; a potential that fails in float64 or without autograd has no charges
+    found (never an error). Deterministic (its own generator).
     """
     generator = torch.Generator().manual_seed(seed)
     try:

@@ -97,14 +97,14 @@ class Schrodinger(Operator):
         self.laplacian_method, self.fd_eps, self.probes = laplacian, float(fd_eps), probes
         if isinstance(cusps, str) and cusps != "auto":
             raise ValueError(f"cusps must be 'auto', a sequence of Charge or None, got {cusps!r}")
-        if dim < 2 or cusps is None:
+        if cusps is None or (dim < 2 and isinstance(cusps, str)):  # no Coulomb cusps on a line
             self.charges: list[Charge] = []
         elif isinstance(cusps, str):
             self.charges = find_coulomb_charges(potential, self.sampler)
         else:
             self.charges = list(cusps)
-            if not all(isinstance(c, Charge) and len(c.center) == dim and c.charge > 0 for c in self.charges):
-                raise ValueError(f"cusps must be Charge(center of length {dim}, charge > 0) items, got {cusps!r}")
+            if dim < 2 or not all(isinstance(c, Charge) and len(c.center) == dim and c.charge > 0 for c in self.charges):
+                raise ValueError(f"cusps must be Charge(center of length {dim} ≥ 2, charge > 0) items, got {cusps!r}")
         # draws come from q (p itself when it reaches the charges); f and Tf carry sqrt(p/q): estimates stay L²(p)'s
         self.proposal = proposal_near_charges(self.sampler, self.charges, self.kinetic)
 
@@ -173,11 +173,11 @@ class Schrodinger(Operator):
         q = self.quadrature()
         if len(q) > max_points:
             return None
-        log_p = self.draws.log_prob(q.points)
-        # drop points the sampler never reaches (p < e^-150): there 1/sqrt(p) overflows float32 and the
-        # model was never trained; their weight w p underflows anyway
-        keep = log_p > -150.0
-        return quad.Quadrature(q.points[keep], q.weights[keep] * torch.exp(log_p[keep]))
+        log_q = self.draws.log_prob(q.points)
+        # drop points never drawn (q < e^-150): there 1/sqrt(q) overflows float32 and the model was never
+        # trained; their weight w q underflows anyway
+        keep = log_q > -150.0
+        return quad.Quadrature(q.points[keep], q.weights[keep] * torch.exp(log_q[keep]))
 
     def eigenfunctions_from_model(self, fx: Tensor, x: Tensor) -> Tensor:
         log_w = torch.zeros(x.shape[0], dtype=fx.dtype, device=fx.device)  # (n,)
