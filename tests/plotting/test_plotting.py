@@ -81,8 +81,9 @@ def test_figures_are_not_retained(result2d):
 
 
 class _RotatedExact(nn.Module):
-    """A "model" whose learned eigenfunctions are the exact ones rotated by ``q (L, L)``: outputs
-    ``f = (ψ q) / sqrt(p)`` so that ``FitResult.eigenfunctions = sqrt(p) f = ψ q``."""
+    """A "model" whose learned eigenfunctions are the exact ones rotated by ``q (L, L)``: outputs ``ψ q``
+    over the operator's map to ``ψ`` (``sqrt(p)``, times the cusp factor at a charge), so that
+    ``FitResult.eigenfunctions = ψ q``."""
 
     def __init__(self, op: Schrodinger, q: Tensor):
         super().__init__()
@@ -91,7 +92,7 @@ class _RotatedExact(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         psi = self.op.exact_eigenfunctions(x, self.q.shape[0])  # (n, L)
-        return (psi @ self.q.to(psi)) * torch.exp(-0.5 * self.op.sampler.log_prob(x)).unsqueeze(1)
+        return (psi @ self.q.to(psi)) / self.op.eigenfunctions_from_model(torch.ones_like(psi[:, :1]), x)
 
 
 def _block_rotation(blocks: list[list[int]], generator: torch.Generator) -> Tensor:

@@ -11,7 +11,8 @@ from neuralsvd.operators import HarmonicOscillator, Hydrogen2D
 
 
 class _Exact(nn.Module):
-    """f = ψ/√p for the operator's exact eigenfunctions, times a (trainable, unused) scale."""
+    """The model of the operator's exact eigenfunctions (``ψ`` over the operator's map to ``ψ``: ``√p``, times
+    the cusp factor at a charge), times a (trainable, unused) scale."""
 
     def __init__(self, op, num_modes):
         super().__init__()
@@ -20,7 +21,8 @@ class _Exact(nn.Module):
 
     def forward(self, x):
         psi = self.op.exact_eigenfunctions(x.double(), self.num_modes)
-        return (self.scale * psi / torch.exp(0.5 * self.op.sampler.log_prob(x.double())).unsqueeze(-1)).to(x.dtype)
+        to_psi = self.op.eigenfunctions_from_model(torch.ones_like(psi[:, :1]), x.double())  # (n, 1)
+        return (self.scale * psi / to_psi).to(x.dtype)
 
 
 @pytest.mark.parametrize("op,num_modes", [(Hydrogen2D(), 9), (HarmonicOscillator(2), 6)])

@@ -143,7 +143,8 @@ def test_checkpoint_from_another_model_is_refused(tmp_path):
 
 
 def _flaky_oscillator(bad_calls: range) -> Schrodinger:
-    """The 2D oscillator whose potential returns NaN on the given call numbers."""
+    """The 2D oscillator whose potential returns NaN on the given call numbers (counted after construction,
+    where the operator probes the potential for point charges)."""
     count = {"n": 0}
 
     def potential(x):
@@ -151,7 +152,9 @@ def _flaky_oscillator(bad_calls: range) -> Schrodinger:
         v = (x * x).sum(-1)
         return torch.full_like(v, float("nan")) if count["n"] in bad_calls else v
 
-    return Schrodinger(potential, 2, shift=16.0, sampler=nsvd.sampling.Gaussian(2, 4.0))
+    op = Schrodinger(potential, 2, shift=16.0, sampler=nsvd.sampling.Gaussian(2, 4.0))
+    count["n"] = 0
+    return op
 
 
 def test_transient_nan_is_rolled_back_and_training_recovers():
