@@ -1,1 +1,2 @@
-"""Numerics: derivatives (jets, Hutchinson), quadrature, sampling, reference solvers, potential expressions, subspace metrics."""
+"""Numerics: derivatives (jets, Hutchinson), quadrature, sampling, Coulomb cusps, reference solvers, potential
+expressions, subspace metrics."""
