@@ -140,15 +140,17 @@ class Schrodinger(Operator):
             # ψ = exp(w) · model with w = ½ log p (ratio) and + log J (cusps): Δψ / e^w from the derivatives of w
             weight, dw, lap_w = None, None, None  # weight (n, 1) multiplies f and Tf
             if self.model_output == "psi":  # the model is ψ / J: divide f and Tψ by sqrt(p)
-                weight = torch.exp(-0.5 * self.sampler.log_prob(x)).unsqueeze(-1)
+                half_log_p = 0.5 * self.sampler.log_prob(x)  # (n,)
+                weight = torch.exp(-half_log_p).unsqueeze(-1)
             else:
-                _, dw, lap_w = self.sampler.half_log_density_derivatives(x)  # (n, d), (n,)
+                half_log_p, dw, lap_w = self.sampler.half_log_density_derivatives(x)  # (n,), (n, d), (n,)
                 dw = dw.to(x)
             if self.charges:
                 log_j, dj, lap_j = log_cusp_derivatives(x, self.charges, self.kinetic)
                 dw, lap_w = (dj, lap_j) if dw is None else (dw + dj, lap_w + lap_j)
-                log_q = self.draws.log_prob(x)  # importance weight sqrt(p/q) of the draw
-                j = torch.exp(log_j + 0.5 * (self.sampler.log_prob(x) - log_q)).unsqueeze(-1)
+                # and the importance weight sqrt(p/q) of the draw (1 when q is p)
+                log_w = log_j if self.proposal is None else log_j + half_log_p - 0.5 * self.proposal.log_prob(x)
+                j = torch.exp(log_w).unsqueeze(-1)
                 weight = j if weight is None else weight * j
             if dw is None:
                 lap_psi = lap

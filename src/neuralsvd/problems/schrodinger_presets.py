@@ -59,8 +59,8 @@ def _default() -> ExperimentConfig:
         operator={"potential": DEFAULT_POTENTIAL, "dim": 2, "kinetic": 1.0, "scale": 1.0, "shift": _AUTO,
                   "sampler_std": _AUTO, "sampler_bound": None, "sampler_exp_scale": None, "laplacian": "exact",
                   "model_output": "ratio", "reference": _AUTO, "reference_points": None, "auto_choices": None,
-                  # no cusp factor: the automatic sampler's core component handles a Coulomb singularity
-                  # (3D -2/r: 8.6e-3; with the factor 8–24% off, seeds 0–2; docs/convergence-study.md §15)
+                  # no cusp factor: the automatic sampler's core component answers a Coulomb singularity,
+                  # and the factor on top of it measured worse (docs/convergence-study.md §15)
                   "cusps": None},
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", envelope=True, envelope_scale=_AUTO),
         train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine"),
