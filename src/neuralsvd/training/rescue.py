@@ -23,12 +23,24 @@ when ``T`` has fewer than ``L`` positive eigenvalues, is then left alone). Tried
 benchmark (§11): rescuing only modes whose norm is also small, waiting for a fifth of the run, a redraw
 of the mode's network before its warm start, and a rescue learning rate 3 or 10 times ``fit``'s.
 
+Lost modes: a fresh start in the last slot. A later try of a mode whose deflated quotient is not positive
+(``ρ̃_l ≤ 0``: its best size is zero, and a warm start from the copy sits at a saddle of ``ρ̃``) *moves* the
+mode: its network goes to the last slot and every later mode up one, with its optimizer moments
+(:mod:`~neuralsvd.training.mode_order`: a relabelling that changes no other learned function), is drawn
+afresh, fitted to the best product of the other modes with the coordinates
+(:mod:`~neuralsvd.training.product_start`) and warm-started alone for at most :data:`MOVE_STEPS` batches.
+Why the last slot: under sequential nesting the later modes move up into a lost mode's level, so the level
+that is missing is, whichever it is, the top of the operator deflated by every other mode, the last slot's
+target. The move is kept when the mode's deflated quotient ends positive and above the copy's; otherwise
+the modes go back where they were. Measured in docs/convergence-study.md §16.
+
 Where it hurts: inside degenerate shells whose modes overlap for a long time it fires again and again; on
 the 16-mode hydrogen (50k steps) the run ended 8.7e-2 off with a lost mode, against 1.4e-2 without. The
 hydrogen presets turn it off (``fit(rescue=False)``, ``train.rescue=False``).
 
 Scope: NestedLoRA (a loss whose norms are eigenvalues), one model (EVD) whose modes have parameters of
-their own and an output gain (:class:`~neuralsvd.models.ParallelMLP`, :class:`~neuralsvd.models.Tabular`);
+their own and an output gain (:class:`~neuralsvd.models.ParallelMLP`, :class:`~neuralsvd.models.Tabular`,
+a graph's node model; moves where every parameter declares its mode axis);
 models with a shared trunk are left alone (moving one mode would move all). The check's batch is drawn
 from a generator seeded by the run's seed, the step and the rank, so the run's own random stream, and a
 run in which the rule never fires, are the same as without it; a resumed run repeats every decision.
@@ -43,8 +55,10 @@ from torch import Tensor, nn
 
 from ..losses.base import SpectralLoss
 from ..operators.base import Operator
+from .mode_order import permutable, permute_modes, to_last
+from .product_start import fit_to_target, product_target
 from .revival import forget_changed
-from .warm_start import Mean, _statistics, deflated_quotients, warm_start
+from .warm_start import WARM_START, Mean, _statistics, deflated_quotients, warm_start
 
 __all__ = ["COPY_FRACTION", "MAX_RESCUES", "RESCUE_STEPS", "ModeRescue", "copied_modes"]
 
@@ -54,6 +68,10 @@ COPY_FRACTION = 0.5
 MAX_RESCUES = 3
 #: batches of one rescue at most
 RESCUE_STEPS = 250
+#: batches of a rescue that starts a fresh network (a move) at most
+MOVE_STEPS = WARM_START
+#: tries of a mode in its own slot before a lost one (``ρ̃_l ≤ 0``) is moved to the last slot as a fresh network
+IN_PLACE_TRIES = 1
 
 
 def copied_modes(gram: Tensor, inner: Tensor) -> Tensor:
@@ -89,6 +107,7 @@ class ModeRescue:
         self.mean, self.average_gradients = mean, average_gradients
         self.enabled = (hasattr(model, "scale_outputs") and hasattr(model, "reset_mode")
                         and bool(getattr(model, "disjoint", True)))
+        self.movable = permutable(model)
         self.count: dict[int, int] = {}  # mode -> rescues so far
         self.steps = 0  # batches spent in rescues
         self.log: list[dict[str, float | int | bool]] = []  # one record per try
@@ -104,43 +123,79 @@ class ModeRescue:
     def __call__(self, step: int, optimizer: torch.optim.Optimizer, ema: list[Tensor] | None,
                  loss: SpectralLoss) -> list[int]:
         """Check the modes at ``step``, try to rescue the first copied one (recorded in :attr:`log`: step,
-        mode, the deflated and plain quotients before, the deflated one after, batches, whether it was kept)
-        and return the modes rescued (``[]`` or ``[l]``)."""
+        mode, whether it was moved, the deflated and plain quotients before, the deflated one after, batches,
+        whether it was kept) and return the slots whose mode changed (``[]``; ``[l]`` in place; ``[l, …, L−1]``
+        after a move)."""
         if not self.enabled:
             return []
         generator = torch.Generator(device=self._device())
         generator.manual_seed(((self.seed * 1_000_003 + step) * 4099 + self.rank) * 2 + 1)
-        draw = lambda: self.sample(self.batch_size, generator)
-        check = draw()
+        check = self.sample(self.batch_size, generator)
         rho, rho_tilde, copied = self._quotients(check)
         candidates = [l for l in torch.nonzero(copied).flatten().tolist() if self.count.get(l, 0) < MAX_RESCUES]
         if not candidates:
             return []
         mode = candidates[0]  # the first: the later modes' deflation depends on it
         self.count[mode] = self.count.get(mode, 0) + 1
+        # a later try of a mode whose best size is zero (ρ̃ ≤ 0: a copy's saddle) starts a fresh network
+        moved = self.movable and self.count[mode] > IN_PLACE_TRIES and bool(rho_tilde[mode] <= 0)
+        return self._try(mode, moved, step, check, rho, rho_tilde, generator, optimizer, ema, loss)
+
+    def _try(self, mode: int, moved: bool, step: int, check: Tensor, rho: Tensor, rho_tilde: Tensor,
+             generator: torch.Generator, optimizer: torch.optim.Optimizer, ema: list[Tensor] | None,
+             loss: SpectralLoss) -> list[int]:
+        """One try on ``mode`` (in its slot, or ``moved`` to the last one as a fresh network), logged; undone
+        unless kept. Returns the slots whose mode changed."""
+        draw = lambda: self.sample(self.batch_size, generator)
+        num_modes = rho.shape[0]
+        order = to_last(mode, num_modes) if moved else list(range(num_modes))
+        target = num_modes - 1 if moved else mode  # the slot the rescued mode ends in
+        if moved:
+            permute_modes(self.model, order, optimizer, ema)
         params = list(self.model.parameters())
         before = [p.detach().clone() for p in params]
         gain = self.model.output_gain.clone() if hasattr(self.model, "output_gain") else None
-        mask = torch.zeros_like(copied)
-        mask[mode] = True
-        taken = warm_start(self.model, self.operator, draw, self.lr, RESCUE_STEPS, mean=self.mean,
-                           average_gradients=self.average_gradients, modes=mask, fraction=COPY_FRACTION)
+        if moved:
+            self._fresh_start(target, step, generator, draw)
+        mask = torch.zeros_like(rho, dtype=torch.bool)
+        mask[target] = True
+        taken = warm_start(self.model, self.operator, draw, self.lr, MOVE_STEPS if moved else RESCUE_STEPS,
+                           mean=self.mean, average_gradients=self.average_gradients, modes=mask, fraction=COPY_FRACTION)
         self.steps += taken
-        after = self._quotients(check)[1][mode]
-        kept = bool(after > rho_tilde[mode])
-        self.log.append({"step": step, "mode": mode, "deflated_before": float(rho_tilde[mode]),
-                         "quotient_before": float(rho[mode]), "deflated_after": float(after), "batches": taken,
-                         "kept": kept})
+        after = self._quotients(check)[1]
+        kept = bool(after[target] > rho_tilde[mode]) and (not moved or bool(after[target] > 0))
+        self.log.append({"step": step, "mode": mode, "moved": moved, "deflated_before": float(rho_tilde[mode]),
+                         "quotient_before": float(rho[mode]), "deflated_after": float(after[target]),
+                         "batches": taken, "kept": kept})
         if not kept:  # no better on the check's batch: undo
             with torch.no_grad():
                 for p, old in zip(params, before):
                     p.copy_(old)
                 if gain is not None:
                     self.model.output_gain.copy_(gain)
+            if moved:
+                permute_modes(self.model, sorted(range(num_modes), key=order.__getitem__), optimizer, ema)
             return []
         forget_changed(params, before, optimizer, ema)
-        loss.reset_mode(mode)
-        return [mode]
+        changed = list(range(mode, num_modes)) if moved else [mode]
+        for l in changed:
+            loss.reset_mode(l)
+        return changed
+
+    def _fresh_start(self, mode: int, step: int, generator: torch.Generator, draw: Callable[[], Tensor]) -> None:
+        """Draw ``mode``'s network afresh (the same on every rank) and, where the model's inputs are
+        coordinates, fit it to the best product of the other modes with them
+        (:mod:`~neuralsvd.training.product_start`) at unit size (output gain 1)."""
+        fresh = torch.Generator(device=self._device())
+        fresh.manual_seed((self.seed * 1_000_003 + step) * 4099 * 2 + 1)
+        self.model.reset_mode(mode, fresh)
+        start = product_target(self.model, self.operator, self.sample(4 * self.batch_size, generator), mode, self.mean)
+        if start is None:
+            return
+        factors = torch.ones_like(self.model.output_gain.view(-1))  # (L,)
+        factors[mode] = self.model.output_gain.view(-1)[mode].reciprocal()
+        self.model.scale_outputs(factors)
+        fit_to_target(self.model, mode, start[0], draw, self.lr, average_gradients=self.average_gradients)
 
     @torch.no_grad()
     def _quotients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
