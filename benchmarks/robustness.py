@@ -430,8 +430,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     levels = result.eigenvalues.tolist()
     ratio = result.extras.get("norm_ratio")
     stderr = None if result.eigenvalue_stderr is None else result.eigenvalue_stderr.tolist()
-    return {**row, "status": "ok", "levels": levels, "norm_ratio": ratio, "stderr": stderr,
-            **score(levels, spec.reference, ratio, problem.ascending)}
+    return {**row, "status": "ok", "fit_status": result.status, "levels": levels, "norm_ratio": ratio,
+            "stderr": stderr, "rescues": result.extras.get("rescues", []), **score(levels, spec.reference, ratio, problem.ascending)}
 
 
 def _progress(row: dict[str, Any]) -> dict[str, Any]:
