@@ -14,12 +14,12 @@ from neuralsvd.operators import DenseOperator, GraphOperator
 
 def test_default_lr_by_model():
     assert default_lr(ParallelMLP(2, 3)) == pytest.approx(1e-3)  # the 128-wide networks' rate
-    assert default_lr(ParallelMLP(2, 3, hidden=(64, 64))) == pytest.approx(2e-3)  # 1e-3 · 128 / 64
-    assert default_lr(MLP(2, 3, hidden=(256, 64))) == pytest.approx(5e-4)  # the widest layer sets it
+    assert default_lr(ParallelMLP(2, 3, hidden=(64, 64))) == pytest.approx(3e-3)  # 1e-3 · 384 / (64 + 64)
+    assert default_lr(MLP(2, 3, hidden=(256, 64))) == pytest.approx(1.2e-3)  # every layer counts: 384 / 320
     assert default_lr(Tabular(10, 3)) == pytest.approx(1e-2)
     assert default_lr(torch.nn.Linear(2, 3)) == pytest.approx(1e-3)
     graph = GraphOperator(np.ones((4, 4)) - np.eye(4), features=np.zeros((4, 2)))
-    assert default_lr(graph.node_model(ParallelMLP(2, 2, hidden=(32,)))) == pytest.approx(4e-3)
+    assert default_lr(graph.node_model(ParallelMLP(2, 2, hidden=(32,)))) == pytest.approx(1.2e-2)
     assert default_lr((ParallelMLP(2, 2), ParallelMLP(2, 2, hidden=(64,)))) == pytest.approx(1e-3)  # SVD: the smaller
 
 

@@ -101,7 +101,7 @@ def fit(
     **Other arguments** (keyword-only):
         optimizer: ``"adam"``, ``"rmsprop"`` (α = 0.999, ε = 1e-10 as the authors) or ``"sgd"``; ``lr``
             (``None``: :func:`~neuralsvd.models.default_lr` of the model: ``1e-3`` for the 128-wide networks,
-            ``1e-3 · 128 / width`` for others, ``1e-2`` for ``Tabular``).
+            ``1e-3 · 384 / Σ hidden widths`` for others, ``1e-2`` for ``Tabular``).
         schedule: ``"stable-cosine"`` (default: the full rate for 70% of the steps, then a cosine to zero at
             ``steps``; modes that find their shape late still get time at the full rate), ``"cosine"`` (to
             zero at ``steps``) or ``"constant"``, after ``warmup`` linear steps.
