@@ -5,8 +5,8 @@ how fast the *function* moves depends on the model: a layer's output changes by 
 (times its inputs' size), and the changes of the layers add up along the network. The library's rate
 ``1e-3`` is the one the :class:`ParallelMLP` / :class:`MLP` of hidden widths ``(128, 128, 128)`` were studied
 with, whose layers after the first have fan-ins summing to :data:`BASE_FAN_IN` ``= 384``; a network with
-hidden widths ``w_1 … w_k`` gets ``1e-3 · 384 / Σ w_i``, so a ``(64, 64)`` network trains at ``3e-3`` and moves
-its functions about as fast. (Scaling by the widest layer alone, the ``1/fan-in`` rule of μP, gave that
+hidden widths ``w_1 … w_k`` gets ``1e-3 · 384 / Σ w_i``, so that by this count its functions move as fast: a
+``(64, 64)`` network trains at ``3e-3``. (Scaling by the widest layer alone, the ``1/fan-in`` rule of μP, gave that
 network ``2e-3``: its functions moved more slowly, and it was measured slower on the robustness benchmark,
 docs/convergence-study.md §17.) A :class:`Tabular` model's parameters *are* the function's values (of size
 ``√λ`` on the uniform measure), so it gets ``1e-2``. Measured on the robustness benchmark (docs/robustness.md).
