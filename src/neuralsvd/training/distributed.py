@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["COLLECTIVE_TIMEOUT", "SINGLE", "DataParallel", "PeerLostError", "data_parallel", "init_from_env", "launched_by_torchrun",
-           "rank_seed", "watch_launcher"]
+           "rank_seed", "step_seed", "watch_launcher"]
 
 #: the longest a rank waits in one collective for its peers (seconds); the environment variable
 #: ``NEURALSVD_COLLECTIVE_TIMEOUT`` overrides it (a first step that compiles or a slow checkpoint disk may
@@ -118,6 +118,13 @@ def rank_seed(seed: int, rank: int) -> int:
     if rank == 0:
         return int(seed)
     return int(np.random.SeedSequence([int(seed) % 2**63, int(rank)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def step_seed(seed: int, step: int, index: int, stream: int) -> int:
+    """The seed of a training rule's own generator at ``step`` (the revival's and the rescue's draws):
+    ``index`` (a rank or a mode) and ``stream`` (0 or 1) tell the rule's uses apart, so a rule that fires
+    draws the same numbers in a resumed run, and the run's own stream is untouched."""
+    return ((int(seed) * 1_000_003 + int(step)) * 4099 + int(index)) * 2 + int(stream)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from ..losses.base import SpectralLoss
 from ..operators.base import Operator
+from .distributed import step_seed
 from .mode_order import permutable, permute_modes, to_last
 from .product_start import fit_to_target, product_target
 from .revival import forget_changed
@@ -129,7 +130,7 @@ class ModeRescue:
         if not self.enabled:
             return []
         generator = torch.Generator(device=self._device())
-        generator.manual_seed(((self.seed * 1_000_003 + step) * 4099 + self.rank) * 2 + 1)
+        generator.manual_seed(step_seed(self.seed, step, self.rank, 1))
         check = self.sample(self.batch_size, generator)
         rho, rho_tilde, copied = self._quotients(check)
         candidates = [l for l in torch.nonzero(copied).flatten().tolist() if self.count.get(l, 0) < MAX_RESCUES]
@@ -187,7 +188,7 @@ class ModeRescue:
         coordinates, fit it to the best product of the other modes with them
         (:mod:`~neuralsvd.training.product_start`) at unit size (output gain 1)."""
         fresh = torch.Generator(device=self._device())
-        fresh.manual_seed((self.seed * 1_000_003 + step) * 4099 * 2 + 1)
+        fresh.manual_seed(step_seed(self.seed, step, 0, 1))  # rank 0's: the same network on every rank
         self.model.reset_mode(mode, fresh)
         start = product_target(self.model, self.operator, self.sample(4 * self.batch_size, generator), mode, self.mean)
         if start is None:

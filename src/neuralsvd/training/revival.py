@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from .distributed import step_seed
+
 if TYPE_CHECKING:
     from ..losses.base import SpectralLoss
 
@@ -86,7 +88,7 @@ class ModeRevival:
         before = [p.detach().clone() for p in params]
         for k, m in enumerate(self.modules):
             g = torch.Generator(device=next(m.parameters()).device)
-            g.manual_seed(((self.seed * 1_000_003 + step) * 4099 + mode) * 2 + k)
+            g.manual_seed(step_seed(self.seed, step, mode, k))
             m.reset_mode(mode, g)
         forget_changed(params, before, optimizer, ema)
 
