@@ -99,7 +99,7 @@ def _schrodinger(name: str, formula: str, potential: Formula, dim: int, modes: i
         sampler = None if std is None else nsvd.sampling.Gaussian(dim=dim, std=std)
         return nsvd.operators.Schrodinger(lambda x: potential(x, torch), dim=dim, shift=shift, sampler=sampler)
 
-    sampler = "default sampler N(0, I)" if std is None else f"Gaussian std {std:g}"
+    sampler = "default sampler" if std is None else f"Gaussian std {std:g}"
     return Problem(name, formula, dim, modes, build, reference, how, f"shift {shift:g}, {sampler}",
                    potential=potential, axes=axes)
 
@@ -588,9 +588,14 @@ def _report(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _merge(paths: Sequence[str], json_out: str | None, plot_out: str | None) -> int:
-    """Tables, JSON and figure of the runs of several --json files (e.g. one per seed; merged files too)."""
+    """Tables, JSON and figure of the runs of several --json files (e.g. one per seed; merged files too). A run
+    of a later file replaces the same run (suite, problem, method, size, seed, steps, fit) of an earlier one,
+    in its place, so a partial rerun splices into a whole sweep."""
     payloads = [json.loads(Path(p).read_text()) for p in paths]
-    rows = [r for p in payloads for r in p["runs"]]
+    by_run: dict[str, dict[str, Any]] = {}
+    for row in (r for p in payloads for r in p["runs"]):
+        by_run[json.dumps([row.get(k) for k in ("suite", "problem", "method", "size", "seed", "steps", "fit")])] = row
+    rows = list(by_run.values())
     _report(rows)
     commands = [c for p in payloads for c in (p["command"] if isinstance(p["command"], list) else [p["command"]])]
     print("merged from:\n" + "\n".join(f"command: {c}" for c in commands))

@@ -176,12 +176,18 @@ def test_merge_and_plot(tmp_path, capsys):
     for k, part in enumerate((rows[:3], rows[3:])):
         (tmp_path / f"{k}.json").write_text(json.dumps({"command": f"c{k}", "suite": "main", "wall_seconds": 1.0,
                                                          "problems": {}, "runs": part}))
+    rerun = {**rows[1], "success": True, "max_error": 0.001}  # a rerun of ("a", seed 1) replaces it, in place
+    (tmp_path / "2.json").write_text(json.dumps({"command": "c2", "suite": "main", "wall_seconds": 1.0,
+                                                 "problems": {}, "runs": [rerun]}))
     merged = tmp_path / "all.json"
-    assert bench.main(["--load", str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--json", str(merged),
+    assert bench.main(["--load", *(str(tmp_path / f"{k}.json") for k in range(3)), "--json", str(merged),
                        "--plot", str(tmp_path / "all.png")]) == 0
     printed = capsys.readouterr().out
-    assert "| neuralsvd | default | 2/6 | 33% | – |" in printed and "a neuralsvd default seed 2: failed" in printed
-    assert json.loads(merged.read_text())["command"] == ["c0", "c1"]
+    assert "| neuralsvd | default | 3/6 | 50% | – |" in printed and "a neuralsvd default seed 2: failed" in printed
+    payload = json.loads(merged.read_text())
+    assert payload["command"] == ["c0", "c1", "c2"]
+    assert [(r["problem"], r["seed"], r["success"]) for r in payload["runs"]][:3] == [("a", 0, True), ("a", 1, True),
+                                                                                      ("a", 2, False)]
     assert (tmp_path / "all.png").stat().st_size > 10_000
 
 

@@ -96,10 +96,10 @@ def test_non_finite_potential(potential):
         nsvd.fit(_mlp(), Schrodinger(potential, 2), nsvd.NestedLoRA(2), batch_size=8, **FAST)
 
 
-@pytest.mark.parametrize("potential,got", [(lambda x: x**2, r"\(8, 2\)"), (lambda x: (x**2).sum(1, keepdim=True), r"\(8, 1\)"),
+@pytest.mark.parametrize("potential,got", [(lambda x: x**2, r"\(\d+, 2\)"), (lambda x: (x**2).sum(1, keepdim=True), r"\(\d+, 1\)"),
                                            (lambda x: [0.0] * x.shape[0], "list")])
-def test_potential_wrong_shape(potential, got):
-    with pytest.raises(ValueError, match=r"potential must map x of shape \(n, 2\) to \(n,\) = \(8,\); got " + got):
+def test_potential_wrong_shape(potential, got):  # at construction (the default sampler probes V) or in fit
+    with pytest.raises(ValueError, match=r"potential must map x of shape \(n, 2\) to \(n,\) = \(\d+,\); got " + got):
         nsvd.fit(_mlp(), Schrodinger(potential, 2), nsvd.NestedLoRA(2), batch_size=8, **FAST)
 
 

@@ -18,7 +18,8 @@ def _line(edges: list[float]) -> quadrature.Quadrature:
 
 CASES = {
     "Gaussian-1d": (lambda: sampling.Gaussian(1, 1.5, mean=0.3), lambda: quadrature.box([15.0], 16, 16)),
-    "Gaussian-2d-per-axis": (lambda: sampling.Gaussian(2, [1.0, 2.0]), lambda: quadrature.box([12.0, 24.0], 12, 16)),
+    "Gaussian-2d-per-axis": (lambda: sampling.Gaussian(2, [1.0, 2.0], mean=[0.5, -1.0]),
+                             lambda: quadrature.box([12.0, 24.0], 12, 16)),
     "RadialExponential-2d": (lambda: sampling.RadialExponential(2, 1.5),
                              lambda: quadrature.polar([0, 2, 8, 30, 90], 24, 16)),
     "RadialExponential-1d": (lambda: sampling.RadialExponential(1, 0.7), lambda: _line([-40, -10, -2, 0, 2, 10, 40])),

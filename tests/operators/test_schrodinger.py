@@ -358,11 +358,12 @@ def _autograd_half_log_density(sampler, x):
 
 def test_gaussian_half_log_density_closed_form():
     std = torch.tensor([1.5, 0.7, 2.0], dtype=F64)
-    s = Gaussian(3, std=std.tolist(), mean=-0.4)
+    mean = torch.tensor([-0.4, 0.0, 1.3], dtype=F64)
+    s = Gaussian(3, std=std.tolist(), mean=mean.tolist())
     x = torch.randn(8, 3, dtype=F64)
     u, du, lap = s.half_log_density_derivatives(x)
     torch.testing.assert_close(u, 0.5 * s.log_prob(x))
-    torch.testing.assert_close(du, -(x + 0.4) / (2 * std**2), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(du, -(x - mean) / (2 * std**2), rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(lap, torch.full((8,), -(1 / (2 * std**2)).sum().item(), dtype=F64), rtol=1e-14, atol=0)
     for a, b in zip((u, du, lap), _autograd_half_log_density(s, x)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

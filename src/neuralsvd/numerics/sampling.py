@@ -63,30 +63,33 @@ class Sampler:
 class Gaussian(Sampler):
     """Isotropic (or per-axis) Gaussian ``N(mean, diag(std²))`` on ``R^dim``."""
 
-    def __init__(self, dim: int, std: float | Sequence[float] = 1.0, mean: float = 0.0):
+    def __init__(self, dim: int, std: float | Sequence[float] = 1.0, mean: float | Sequence[float] = 0.0):
         check_positive_int("dim", dim)
         std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
         if std_t.numel() not in (1, dim) or not bool((std_t > 0).all() & torch.isfinite(std_t).all()):
             raise ValueError(f"std must be a positive finite float or a sequence of {dim} of them, got {std!r}")
+        mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
+        if mean_t.numel() not in (1, dim) or not bool(torch.isfinite(mean_t).all()):
+            raise ValueError(f"mean must be a finite float or a sequence of {dim} of them, got {mean!r}")
         self.dim = dim
         self.std = std_t.expand(dim).clone()  # (d,)
-        self.mean = float(mean)
+        self.mean = mean_t.expand(dim).clone()  # (d,)
 
     def sample(self, n, generator=None, dtype=None):
         check_positive_int("n", n)
         dtype = dtype or torch.get_default_dtype()
         z = torch.randn(n, self.dim, generator=generator, device=self._device(generator), dtype=dtype)
-        return self.mean + z * self.std.to(z)
+        return self.mean.to(z) + z * self.std.to(z)
 
     def log_prob(self, x):
         std = self.std.to(x)
-        z = (x - self.mean) / std
+        z = (x - self.mean.to(x)) / std
         return -0.5 * (z**2).sum(-1) - torch.log(std).sum() - 0.5 * self.dim * math.log(2 * math.pi)
 
     def half_log_density_derivatives(self, x):
         var = (self.std**2).to(x)  # (d,)
         u = 0.5 * self.log_prob(x)
-        grad = -(x - self.mean) / (2 * var)
+        grad = -(x - self.mean.to(x)) / (2 * var)
         lap = (-1.0 / (2 * var)).sum().expand(x.shape[0])
         return u, grad, lap
 

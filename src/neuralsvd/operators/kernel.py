@@ -247,7 +247,7 @@ class KernelOperator(Operator):
             yield torch.cat([q, q])
             return
         if isinstance(self.sampler, Gaussian):
-            mean = torch.full((self.dim,), self.sampler.mean, dtype=torch.float64)
+            mean = self.sampler.mean
             points = gaussian_qmc(
                 num_batches * batch_size,
                 mean,
@@ -268,7 +268,7 @@ class KernelOperator(Operator):
             n = self.data.shape[0]
             return quad.Quadrature(self.data.double(), torch.full((n,), 1.0 / n, dtype=torch.float64))
         if isinstance(self.sampler, Gaussian) and self.dim <= 3:
-            mean = torch.full((self.dim,), self.sampler.mean, dtype=torch.float64)
+            mean = self.sampler.mean
             return gaussian_quadrature(mean, torch.diag(self.sampler.std))
         x = self.sampler.sample(2**16, torch.Generator().manual_seed(0), torch.float64)
         return quad.Quadrature(x, torch.full((x.shape[0],), 2.0**-16, dtype=torch.float64))
@@ -334,7 +334,7 @@ class GaussianRBF(KernelOperator):
     def exact_eigenfunctions(self, x: Tensor, num_modes: int) -> Tensor:
         idx = self._indices(num_modes)
         kmax = max(max(i) for i in idx)
-        x = x.double() - self.sampler.mean
+        x = x.double() - self.sampler.mean.to(x.device)
         a, c = self._a.to(x.device), self._c.to(x.device)
         envelope = (c / a) ** 0.25 * torch.exp(-(c - a) * x * x)  # (n, d)
         per_axis = [

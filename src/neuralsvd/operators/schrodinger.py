@@ -18,6 +18,7 @@ eigenfunctions as ``ψ = sqrt(p) f`` in ``L²(dx)``. Pick ``shift`` above the hi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from .._validation import check_positive_int
 from ..numerics import quadrature as quad
+from ..numerics.allowed_region import allowed_region_gaussian
 from ..numerics.autodiff import (
     LAPLACIAN_METHODS,
     STOCHASTIC_METHODS,
@@ -47,7 +49,11 @@ class Schrodinger(Operator):
         dim: spatial dimension ``d``.
         kinetic: coefficient of ``-Δ`` (the paper's convention: 1, no ½).
         scale, shift: the affine map to the learned operator; ``scale > 0``.
-        sampler: sampling density ``p`` (default: standard Gaussian ``N(0, I_d)``).
+        sampler: sampling density ``p``. Default: a Gaussian over the classically allowed region
+            ``{V < shift}``, where every state of energy below ``shift`` lives
+            (:func:`~neuralsvd.numerics.allowed_region.allowed_region_gaussian`: centred on the region, 83%
+            of its points inside it when the region is an ellipsoid); when that region is empty or unbounded
+            (e.g. a Coulomb potential with ``shift ≥ 0``), ``N(0, I_d)`` with a warning.
         laplacian: ``"exact"`` (default; forward jets or nested jvp), ``"fd"`` (central differences with
             step ``fd_eps``) or an unbiased stochastic estimate with ``probes`` directions per point
             (``"hutchinson"``, ``"hutchinson-gaussian"``, ``"hutchinson-axes"``; see
@@ -89,7 +95,7 @@ class Schrodinger(Operator):
         if model_output not in self.MODEL_OUTPUTS:
             raise ValueError(f"unknown model_output {model_output!r}; valid: {', '.join(map(repr, self.MODEL_OUTPUTS))}")
         self.model_output = model_output
-        self.sampler = sampler if sampler is not None else Gaussian(dim, 1.0)
+        self.sampler = sampler if sampler is not None else _default_sampler(potential, dim, float(shift))
         if self.sampler.dim != dim:
             raise ValueError(f"sampler has dim {self.sampler.dim}, operator has dim {dim}")
         self.potential, self.dim = potential, dim
@@ -195,6 +201,17 @@ class Schrodinger(Operator):
 
 
 # --- 2D hydrogen ------------------------------------------------------------------------------------
+
+def _default_sampler(potential: Callable[[Tensor], Tensor], dim: int, shift: float) -> Sampler:
+    """``Schrodinger``'s default ``sampler`` (its docstring)."""
+    sampler = allowed_region_gaussian(potential, dim, shift)
+    if sampler is not None:
+        return sampler
+    warnings.warn(f"Schrodinger: the region where V < shift = {shift:g} is empty or unbounded, so the default "
+                  "sampler is N(0, I), blind to the potential's scale; pass a sampler that covers the wanted "
+                  "states (e.g. sampling.Gaussian(dim, std))", UserWarning, stacklevel=3)
+    return Gaussian(dim, 1.0)
+
 
 def nucleus(dim: int, charge: float, cusps: str | None) -> list[Charge] | None:
     """A hydrogen class's ``cusps``: ``"auto"`` is its nucleus (known, so not searched for); None is none."""
