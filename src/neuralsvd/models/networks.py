@@ -203,6 +203,31 @@ class _BatchedMLP(OutputGain):
         for b in (self.first_bias, *self.biases, self.out_bias):
             b[mode] = 0
 
+    def output_basis(self, x: Tensor, source: int, mode: int) -> Tensor:
+        """``(n, H + 1)``: network ``source``'s last hidden layer and a constant, times output ``mode``'s
+        envelope and box factors; after :meth:`transplant` ``(source, mode, c)`` output ``mode`` is
+        ``output_basis(x, source, mode) @ c``. Disjoint networks only."""
+        if not self.disjoint:
+            raise ValueError("output_basis needs disjoint networks (ParallelMLP)")
+        h = self.hidden(x)[0][source]  # (n, H)
+        basis = torch.cat([h, torch.ones_like(h[:, :1])], 1)  # (n, H + 1)
+        if self.log_envelope_scale is not None:
+            basis = basis * self._envelope_value(x)[:, mode : mode + 1]
+        if self.box is not None:
+            basis = basis * self._box_factor(x)[0].prod(1, keepdim=True)
+        return basis
+
+    @torch.no_grad()
+    def transplant(self, source: int, mode: int, coefficients: Tensor) -> None:
+        """Network ``mode`` becomes a copy of network ``source``'s hidden layers with the output layer
+        ``coefficients`` ``(H + 1,)`` (weights, then the bias) and output gain 1 (see :meth:`output_basis`)."""
+        self.first_weight[:, mode] = self.first_weight[:, source]
+        for b in (self.first_bias, *self.weights, *self.biases):
+            b[mode] = b[source]
+        self.out_weight[mode, :, 0] = coefficients[:-1].to(self.out_weight)
+        self.out_bias[mode, 0, 0] = coefficients[-1].to(self.out_bias)
+        self.output_gain[mode] = 1
+
     def forward(self, x: Tensor) -> Tensor:
         return self.value_and_jet(x, derivatives=False)[0]
 

@@ -1,4 +1,5 @@
-"""A fresh start for a lost mode: the best shape among products of the other modes with the coordinates.
+"""A fresh start for a lost mode: the best shape in one network's hidden span, or among products of the
+other modes with the coordinates.
 
 Why. A mode that copies an earlier one sits at a saddle of its deflated quotient ``ρ̃`` (the gradient of
 ``ρ̃`` vanishes at the copy), and a freshly drawn network starts far from every eigenfunction: on a
@@ -18,6 +19,14 @@ the target: mode ``l``'s network, drawn afresh, is fitted to ``g`` by least squa
 batches (its own Adam, the rate decaying to 0; the other modes' parameters do not move). Only the start moves: NestedLoRA's
 objective and optimum are untouched, and the caller decides whether to keep the result.
 
+The transplant (:func:`transplant_start`, tried first for disjoint networks). A fresh network fitted to that
+target by least squares starts far below it (double-well-3d: ``ρ̃`` −5 … −6.6 against the target's 1;
+docs/convergence-study.md §16): the fit's errors carry kinetic and potential energy. The trained networks'
+last hidden layers already span smooth functions where the states live, so for each network (any mode's)
+the same Ritz problem is solved in the span of its hidden units and a constant (``model.output_basis``), and
+the mode takes the hidden layers of the best one with the Ritz vector as output layer
+(``model.transplant``): the start is then exactly the function whose quotient was computed, with no fit.
+
 Scope: models whose inputs are real coordinates ``(n, d)`` (a graph's node indices or a matrix's rows have
 no coordinates: :func:`product_target` returns None there) and whose modes have parameters of their own.
 """
@@ -32,7 +41,7 @@ from torch import Tensor, nn
 from ..operators.base import Operator
 from .warm_start import Mean
 
-__all__ = ["FIT_STEPS", "RCOND", "fit_to_target", "product_target"]
+__all__ = ["FIT_STEPS", "RCOND", "deflated_ritz", "fit_to_target", "product_target", "transplant_start"]
 
 #: Gram eigenvalues below this fraction of the largest are dropped from the Ritz problem
 RCOND = 1e-6
@@ -53,19 +62,17 @@ class _Products(nn.Module):
         return torch.cat([f, (xc[:, :, None] * f[:, None, :]).flatten(1)], 1)  # (n, M (d + 1))
 
 
-def product_target(model: nn.Module, operator: Operator, x: Tensor, mode: int,
-                   mean: Mean = lambda *stats: stats) -> tuple[Callable[[Tensor], Tensor], float] | None:
-    """The rule's target for ``mode`` from the batch ``x`` ``(n, d)``: ``(g, ρ̃_g)`` with ``g(x)`` ``(n,)`` in
-    the model's own output units (before any factor the operator applies to every output) and ``ρ̃_g`` its
-    deflated quotient; None when ``x`` holds no real coordinates, or when no direction of the span has a
-    positive deflated quotient."""
-    if not (x.is_floating_point() and x.ndim == 2):
-        return None
+def deflated_ritz(basis: Callable[[Tensor], Tensor], model: nn.Module, operator: Operator, x: Tensor, mode: int,
+                  mean: Mean = lambda *stats: stats) -> tuple[Tensor, float] | None:
+    """The top Rayleigh–Ritz vector of ``T`` deflated by the other modes at their own sizes (as in
+    :func:`~neuralsvd.training.warm_start.deflated_quotients`) in the span of ``basis`` ``x -> (n, K)``, on
+    the batch ``x``: ``(c (K,), ρ̃)`` with ``⟨basis c, basis c⟩ = 1``, or None when no direction has a
+    positive deflated quotient (directions whose Gram eigenvalue is below :data:`RCOND` of the largest are
+    dropped)."""
     num_modes = int(model.output_gain.numel())
     keep = [m for m in range(num_modes) if m != mode]
     if not keep:
         return None
-    basis = _Products(model, keep, mean(x.mean(0))[0].detach())
     with torch.enable_grad():
         bx, tbx = operator.apply(basis, x)  # (n, K) each
         fx, tfx = operator.apply(model, x)  # (n, L) each
@@ -83,8 +90,54 @@ def product_target(model: nn.Module, operator: Operator, x: Tensor, mode: int,
     values, vectors = torch.linalg.eigh(whiten.T @ a.double() @ whiten)
     if not bool(values[-1] > 0):
         return None
-    c = (whiten @ vectors[:, -1]).to(b.dtype)  # (K,): ⟨g, g⟩ = 1
-    return (lambda z: basis(z) @ c), float(values[-1])
+    return (whiten @ vectors[:, -1]).to(b.dtype), float(values[-1])
+
+
+def product_target(model: nn.Module, operator: Operator, x: Tensor, mode: int,
+                   mean: Mean = lambda *stats: stats) -> tuple[Callable[[Tensor], Tensor], float] | None:
+    """The rule's target for ``mode`` from the batch ``x`` ``(n, d)``: ``(g, ρ̃_g)`` with ``g(x)`` ``(n,)`` in
+    the model's own output units (before any factor the operator applies to every output) and ``ρ̃_g`` its
+    deflated quotient; None when ``x`` holds no real coordinates, or when no direction of the span has a
+    positive deflated quotient."""
+    if not (x.is_floating_point() and x.ndim == 2):
+        return None
+    keep = [m for m in range(int(model.output_gain.numel())) if m != mode]
+    basis = _Products(model, keep, mean(x.mean(0))[0].detach())
+    ritz = deflated_ritz(basis, model, operator, x, mode, mean)
+    if ritz is None:
+        return None
+    c, value = ritz
+    return (lambda z: basis(z) @ c), value
+
+
+class _OutputBasis(nn.Module):
+    """``x -> model.output_basis(x, source, mode)`` ``(n, H + 1)``."""
+
+    def __init__(self, model: nn.Module, source: int, mode: int):
+        super().__init__()
+        self.model, self.source, self.mode = model, source, mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.output_basis(x, self.source, self.mode)
+
+
+def transplant_start(model: nn.Module, operator: Operator, x: Tensor, mode: int,
+                     mean: Mean = lambda *stats: stats) -> float | None:
+    """Give ``mode`` the hidden layers of the network (any mode's, its own included) whose last hidden layer
+    spans the function of highest deflated quotient, with that function's output layer
+    (:func:`deflated_ritz` in ``model.output_basis``; the batch ``x``), at unit size: the mode is then exactly
+    that function. Returns its ``ρ̃`` on ``x``, or None (nothing changed) when no network's span has a positive
+    one. Models with ``output_basis`` and ``transplant`` only (disjoint networks)."""
+    best: tuple[float, int, Tensor] | None = None
+    for source in range(int(model.output_gain.numel())):
+        ritz = deflated_ritz(_OutputBasis(model, source, mode), model, operator, x, mode, mean)
+        if ritz is not None and (best is None or ritz[1] > best[0]):
+            best = (ritz[1], source, ritz[0])
+    if best is None:
+        return None
+    value, source, c = best
+    model.transplant(source, mode, c)
+    return value
 
 
 def fit_to_target(model: nn.Module, mode: int, target: Callable[[Tensor], Tensor], sample: Callable[[], Tensor],
