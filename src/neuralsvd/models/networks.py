@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .._validation import check_positive_int
 from ..numerics.autodiff import jet_input, jet_product
+from .box import box_bounds, box_factor
 
 __all__ = ["ACTIVATIONS", "MLP", "Activation", "ParallelMLP", "Standardize", "Tabular"]
 
@@ -130,7 +131,7 @@ class _BatchedMLP(OutputGain):
                                         ("envelope_scale must be one or one per mode,", envelope_scale, scales, envelope)):
             if on and not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in values):
                 raise ValueError(f"{what} a positive finite number, got {given!r}")
-        low, high = _box_bounds(box)
+        low, high = box_bounds(box)
         self.in_features, self.groups, self.out_features = in_features, groups, out_features
         self.activation = activation
         self.box = None if box is None else 0.5 * (high - low)  # half-width D
@@ -354,31 +355,6 @@ class _BatchedMLP(OutputGain):
         grad = (g1 * others).T.unsqueeze(-1)  # (d, n, 1)
         lap = (g2 * others).sum(1, keepdim=True)
         return torch.cat([value.unsqueeze(0), grad, lap.unsqueeze(0)], 0)
-
-
-def box_factor(t: Tensor, half_width: float, center: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """The per-axis boundary factor ``g(t) = (sqrt(2D² - s²) - D) / ((sqrt 2 - 1) D)``, ``s = t - c``
-    (SpIN's, scaled to 1 at the centre so that products over many axes stay O(1)), zero at ``s = ±D``,
-    with ``g'`` and ``g''``; each the shape of ``t``."""
-    two_d2 = 2 * half_width**2
-    s = t - center
-    root = torch.sqrt((two_d2 - s * s).clamp_min(0))
-    c = 1 / ((math.sqrt(2) - 1) * half_width)
-    return c * (root - half_width), -c * s / root, -c * two_d2 / root**3
-
-
-def _box_bounds(box: float | Sequence[float] | None) -> tuple[float, float]:
-    """``(low, high)`` of the box: ``[-D, D]`` for a half-width ``D``, or the pair itself."""
-    if box is None:
-        return 0.0, 0.0
-    if isinstance(box, (int, float)) and not isinstance(box, bool):
-        if not (box > 0 and math.isfinite(box)):
-            raise ValueError(f"box must be a positive half-width, a pair (low, high) or None, got {box!r}")
-        return -float(box), float(box)
-    pair = tuple(box) if isinstance(box, (tuple, list)) else ()
-    if not (len(pair) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in pair) and pair[0] < pair[1]):
-        raise ValueError(f"box must be a positive half-width, a pair (low, high) with low < high or None, got {box!r}")
-    return float(pair[0]), float(pair[1])
 
 
 def _radius_jet(x: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from .networks import ACTIVATIONS, _box_bounds, box_factor
+from .box import box_bounds, box_factor
+from .networks import ACTIVATIONS
 
 __all__ = ["SeparableMLP"]
 
@@ -63,7 +64,7 @@ class SeparableMLP(nn.Module):
         hidden = tuple(int(h) for h in hidden)
         if len(hidden) == 0 or min(hidden) < 1:
             raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
-        low, high = _box_bounds(box)
+        low, high = box_bounds(box)
         self.in_features, self.num_modes, self.rank, self.activation = in_features, num_modes, rank, activation
         self.box = None if box is None else 0.5 * (high - low)
         self.box_center = 0.5 * (high + low)
