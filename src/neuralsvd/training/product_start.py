@@ -62,21 +62,26 @@ class _Products(nn.Module):
         return torch.cat([f, (xc[:, :, None] * f[:, None, :]).flatten(1)], 1)  # (n, M (d + 1))
 
 
-def deflated_ritz(basis: Callable[[Tensor], Tensor], model: nn.Module, operator: Operator, x: Tensor, mode: int,
-                  mean: Mean = lambda *stats: stats) -> tuple[Tensor, float] | None:
+def _model_on(model: nn.Module, operator: Operator, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f, Tf)`` of every mode on ``x``, each ``(n, L)``, without graph."""
+    with torch.enable_grad():
+        fx, tfx = operator.apply(model, x)
+    return fx.detach(), tfx.detach()
+
+
+def deflated_ritz(basis: Callable[[Tensor], Tensor], modes: tuple[Tensor, Tensor], operator: Operator, x: Tensor,
+                  mode: int, mean: Mean = lambda *stats: stats) -> tuple[Tensor, float] | None:
     """The top Rayleigh–Ritz vector of ``T`` deflated by the other modes at their own sizes (as in
     :func:`~neuralsvd.training.warm_start.deflated_quotients`) in the span of ``basis`` ``x -> (n, K)``, on
-    the batch ``x``: ``(c (K,), ρ̃)`` with ``⟨basis c, basis c⟩ = 1``, or None when no direction has a
-    positive deflated quotient (directions whose Gram eigenvalue is below :data:`RCOND` of the largest are
-    dropped)."""
-    num_modes = int(model.output_gain.numel())
-    keep = [m for m in range(num_modes) if m != mode]
+    the batch ``x`` (``modes``: the model's ``(f, Tf)`` there, :func:`_model_on`): ``(c (K,), ρ̃)`` with
+    ``⟨basis c, basis c⟩ = 1``, or None when no direction has a positive deflated quotient (directions whose
+    Gram eigenvalue is below :data:`RCOND` of the largest are dropped)."""
+    keep = [m for m in range(modes[0].shape[1]) if m != mode]
     if not keep:
         return None
     with torch.enable_grad():
         bx, tbx = operator.apply(basis, x)  # (n, K) each
-        fx, tfx = operator.apply(model, x)  # (n, L) each
-    b, tb, f, tf = bx.detach(), tbx.detach(), fx.detach()[:, keep], tfx.detach()[:, keep]
+    b, tb, f, tf = bx.detach(), tbx.detach(), modes[0][:, keep], modes[1][:, keep]
     n = b.shape[0]
     gram_b, inner_b, gram_f, inner_f, cross = mean(b.T @ b / n, b.T @ tb / n, f.T @ f / n, (f * tf).mean(0),
                                                    b.T @ f / n)
@@ -103,7 +108,7 @@ def product_target(model: nn.Module, operator: Operator, x: Tensor, mode: int,
         return None
     keep = [m for m in range(int(model.output_gain.numel())) if m != mode]
     basis = _Products(model, keep, mean(x.mean(0))[0].detach())
-    ritz = deflated_ritz(basis, model, operator, x, mode, mean)
+    ritz = deflated_ritz(basis, _model_on(model, operator, x), operator, x, mode, mean)
     if ritz is None:
         return None
     c, value = ritz
@@ -129,8 +134,9 @@ def transplant_start(model: nn.Module, operator: Operator, x: Tensor, mode: int,
     that function. Returns its ``ρ̃`` on ``x``, or None (nothing changed) when no network's span has a positive
     one. Models with ``output_basis`` and ``transplant`` only (disjoint networks)."""
     best: tuple[float, int, Tensor] | None = None
-    for source in range(int(model.output_gain.numel())):
-        ritz = deflated_ritz(_OutputBasis(model, source, mode), model, operator, x, mode, mean)
+    modes = _model_on(model, operator, x)
+    for source in range(modes[0].shape[1]):
+        ritz = deflated_ritz(_OutputBasis(model, source, mode), modes, operator, x, mode, mean)
         if ritz is not None and (best is None or ritz[1] > best[0]):
             best = (ritz[1], source, ritz[0])
     if best is None:
