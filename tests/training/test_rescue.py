@@ -82,18 +82,18 @@ def _levels_1d(potential, k, lo=-8.0, hi=8.0, n=4000):
     return eigh_tridiagonal(2 / h**2 + potential(x), -np.ones(n - 1) / h**2, select="i", select_range=(0, k - 1))[0]
 
 
-def _well_run(rescue: bool, schedule: str = "cosine") -> nsvd.FitResult:
+def _well_run(rescue: bool, schedule: str = "cosine", seed: int = 1) -> nsvd.FitResult:
     """x² + 0.2 x⁴ sampled from N(0, 1), four modes, a small network at the 128-wide networks'
     learning rate (slower than its default) and the plain cosine schedule (the default ``stable-cosine`` gives
     the copy time to recover by itself here): a mode drifts onto an earlier one's shape early and stays a
     faint copy without the rule (measured: 25–28% off)."""
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     op = nsvd.operators.Schrodinger(lambda x: x[:, 0] ** 2 + 0.2 * x[:, 0] ** 4, dim=1, shift=12.0,
                                     sampler=nsvd.sampling.Gaussian(1, 1.0))
     model = nsvd.models.ParallelMLP(1, 4, hidden=(32, 32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return nsvd.fit(model, op, nsvd.NestedLoRA(4), steps=1500, batch_size=256, seed=1, progress=False,
+        return nsvd.fit(model, op, nsvd.NestedLoRA(4), steps=1500, batch_size=256, seed=seed, progress=False,
                         lr=1e-3, schedule=schedule, rescue=rescue)
 
 
@@ -109,15 +109,17 @@ def test_recovers_a_mode_that_copies_an_earlier_one():
 
 
 def test_default_schedule_gives_the_rescued_mode_time():
-    """The same scenario with ``fit``'s default ``stable-cosine`` schedule: the mode brought back late keeps
-    the full learning rate for longer and ends closer to the finite-difference levels (measured: 2.0% off
-    and every norm ratio ≥ 0.89, against 3.9% and 0.78 with the plain cosine)."""
+    """The same scenario with ``fit``'s default ``stable-cosine`` schedule, seeds 0–3: the modes brought back
+    late keep the full learning rate for longer. Measured over seeds 0–9: the default ends every seed within
+    5% of the finite-difference levels and 8 of 10 with every norm ratio in range (``"ok"``); the plain cosine
+    3 of 10 within 5%, 3 of 10 ``"ok"`` (seeds 0–3: 2.3, 2.0, 3.2, 4.5% against 2.2, 3.9, 27, 21%)."""
     ref = _levels_1d(lambda s: s**2 + 0.2 * s**4, 4)
-    default = _well_run(rescue=True, schedule="stable-cosine")
-    cosine = _well_run(rescue=True)
-    assert default.status == "ok" and min(default.extras["norm_ratio"]) > 0.85
-    err = lambda r: np.abs(r.eigenvalues.numpy() / ref - 1).max()
-    assert err(default) < 0.03 < err(cosine)
+    err = lambda r: float(np.abs(r.eigenvalues.numpy() / ref - 1).max())
+    default = [_well_run(rescue=True, schedule="stable-cosine", seed=s) for s in range(4)]
+    cosine = [_well_run(rescue=True, seed=s) for s in range(4)]
+    assert all(r.status == "ok" and err(r) < 0.05 for r in default)
+    assert sum(r.status == "unconverged" for r in cosine) >= 2
+    assert np.median([err(r) for r in cosine]) > 2 * np.median([err(r) for r in default])
 
 
 def test_resume_across_a_rescue_is_bitwise_identical(tmp_path):
