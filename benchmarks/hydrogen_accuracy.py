@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 import neuralsvd as nsvd
-from neuralsvd.cli.run import DTYPES
-from neuralsvd.problems import get_problem, make_loss, make_model, make_operator
+from neuralsvd.problems import get_problem
+from neuralsvd.problems.experiment import build
 from neuralsvd.training.fit import FitResult, estimate_eigenvalues
 
 
@@ -102,21 +102,19 @@ def _summary(rep: dict) -> dict:
 
 
 def run_once(config, eval_every: int) -> dict:
-    op = make_operator(config)
-    torch.manual_seed(config.seed)
-    model = make_model(config, op.dim)
-    t = config.train
-    curve = Curve(op, eval_every, DTYPES[t.dtype])
+    """One run as ``neuralsvd run`` makes it (every ``train.*`` option of the configuration), plus the curve."""
+    exp = build(config)
+    if eval_every % exp.options["log_every"]:
+        raise SystemExit(f"--eval-every must be a multiple of train.log_every = {exp.options['log_every']}")
+    curve = Curve(exp.operator, eval_every, exp.options["dtype"])
     t0 = time.perf_counter()
-    result = nsvd.fit(model, op, make_loss(config.method, config.modes), steps=t.steps, batch_size=t.batch_size,
-                      optimizer=t.optimizer, lr=t.lr, schedule=t.schedule, warmup=t.warmup, ema_decay=t.ema_decay,
-                      seed=config.seed, dtype=DTYPES[t.dtype], progress=False, eval_batches=t.eval_batches,
-                      readout=t.readout, log_every=min(t.log_every, eval_every), callback=curve,
-                      init_ratio=t.init_ratio)
+    result = exp.fit(progress=False, callback=curve)
     wall = time.perf_counter() - t0
     final = _summary(nsvd.evaluate(result))
-    return {"steps": t.steps, "seed": config.seed, "wall_seconds": wall,
-            "train_seconds": result.wall_seconds, **final, "curve": curve.rows}
+    return {"steps": result.steps, "seed": config.seed, "wall_seconds": wall,
+            "train_seconds": result.wall_seconds, "status": result.status,
+            "norm_ratio": result.extras["norm_ratio"],
+            "rescues": result.extras.get("rescues", []), **final, "curve": curve.rows}
 
 
 def plot(runs: list[dict], path: str) -> None:
