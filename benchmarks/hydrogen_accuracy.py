@@ -102,7 +102,10 @@ def _summary(rep: dict) -> dict:
 
 
 def run_once(config, eval_every: int) -> dict:
-    """One run as ``neuralsvd run`` makes it (every ``train.*`` option of the configuration), plus the curve."""
+    """One run as ``neuralsvd run`` makes it (every ``train.*`` option of the configuration), plus the curve
+    (the checks come every ``train.log_every`` steps; an ``eval_every`` below it lowers it)."""
+    if eval_every < config.train.log_every:
+        config = config.with_overrides([f"train.log_every={eval_every}"])
     exp = build(config)
     if eval_every % exp.options["log_every"]:
         raise SystemExit(f"--eval-every must be a multiple of train.log_every = {exp.options['log_every']}")

@@ -28,13 +28,32 @@ from .registry import (  # noqa: F401
 )
 
 __all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "build_model", "make_operator",
-           "spread_envelope_scales"]
+           "hydrogen_shell_scales", "spread_envelope_scales"]
 
 
 def _hydrogen_operator(p: dict[str, Any]) -> Operator:
     return operators.Hydrogen2D(charge=p["charge"], scale=p["scale"], shift=p["shift"], sampler=config_sampler(2, p),
                                 laplacian=p["laplacian"], model_output=p.get("model_output", "ratio"),
                                 cusps=p.get("cusps", "auto"))
+
+
+def hydrogen_shell_scales(modes: int, charge: float = 1.0) -> tuple[float, ...]:
+    """Radial-exponential sampler scales for the first ``modes`` states of the 2D hydrogen ``-Δ - Z/|x|``:
+    one component ``∝ e^{-r/a_n}`` per shell ``n = 0 … n_max`` (shells of ``2n + 1`` states,
+    ``(n_max + 1)² ≥ modes``), at ``a_n = (2n + 1)² / (2Z)``: the component's radial density ``r e^{-r/a}``
+    peaks where the shell's outermost state does (``l = n``: ``r^{2n+1} e^{-2Zr/(2n+1)}``). ``Z = 1``, 9 modes:
+    ``0.5, 4.5, 12.5``; 16 modes: ``0.5, 4.5, 12.5, 24.5`` (docs/hydrogen-study.md §10)."""
+    n_max = math.isqrt(modes - 1)
+    return tuple((2 * n + 1) ** 2 / (2 * charge) for n in range(n_max + 1))
+
+
+def _prepare_hydrogen(config: ExperimentConfig) -> None:
+    """``operator.sampler_exp_scale="auto"``: :func:`hydrogen_shell_scales` of ``config.modes`` and the charge."""
+    p = config.operator
+    if p.get("sampler_exp_scale") == "auto":
+        if isinstance(p["charge"], bool) or not isinstance(p["charge"], (int, float)) or not p["charge"] > 0:
+            raise ConfigError(f"operator.charge must be a positive number, got {p['charge']!r}")
+        p["sampler_exp_scale"] = hydrogen_shell_scales(config.modes, p["charge"])
 
 
 def _oscillator_frequencies(p: dict[str, Any]) -> tuple[int, list[float]]:
@@ -93,8 +112,8 @@ def _hydrogen() -> ExperimentConfig:
     (``model_output="psi"``; the operator divides by ``sqrt(p)``), with the radius ``|x|`` as an input (the
     cusp at the nucleus) and a per-mode envelope ``e^{-r/s_l}`` initialized by
     :func:`spread_envelope_scales` (``envelope_scale="spread"``); samples from an equal mixture of radial
-    exponentials ``∝ e^{-r/a}``, ``a = 0.5, 2, 8`` (heavy tails for the outer shells, a third of the batch
-    near the nucleus); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
+    exponentials ``∝ e^{-r/a}``, one per shell the modes reach (``sampler_exp_scale="auto"``:
+    :func:`hydrogen_shell_scales`); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
     ``fit``'s default initial-size cap (:mod:`neuralsvd.training.calibration`) is what makes it converge at this
     budget (100× worse without it, docs/convergence-study.md §8–9). Measured numbers:
     docs/results.md.
@@ -102,7 +121,7 @@ def _hydrogen() -> ExperimentConfig:
     return ExperimentConfig(
         problem="hydrogen", modes=9,
         operator=dict(charge=1.0, scale=100.0, shift=0.0, sampler_std=None, sampler_bound=None,
-                      laplacian="exact", sampler_exp_scale=(0.5, 2.0, 8.0), model_output="psi", cusps=None),
+                      laplacian="exact", sampler_exp_scale="auto", model_output="psi", cusps=None),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
         train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None,
@@ -131,7 +150,7 @@ def _oscillator() -> ExperimentConfig:
 
 register(
     Problem("hydrogen", "2D hydrogen atom H = -Δ - 1/|x| (default 9 modes, n ≤ 2; --modes 16 for n ≤ 3)",
-            _hydrogen, _hydrogen_operator),
+            _hydrogen, _hydrogen_operator, prepare=_prepare_hydrogen),
     Problem("hydrogen-paper", "2D hydrogen with the authors' full recipe (16 modes, RMSProp 1e-4, 500k steps)",
             _hydrogen_paper, _hydrogen_operator),
     Problem("oscillator", "harmonic oscillator H = -Δ + Σ ω_i² x_i², any operator.dim (default 2D, 10 modes, n ≤ 3)",
