@@ -118,6 +118,7 @@ def test_default_schedule_gives_the_rescued_mode_time():
     default = [_well_run(rescue=True, schedule="stable-cosine", seed=s) for s in range(4)]
     cosine = [_well_run(rescue=True, seed=s) for s in range(4)]
     assert all(r.status == "ok" and err(r) < 0.05 for r in default)
+    assert err(default[1]) < 0.03 < err(cosine[1])  # seed 1: 2.0% against 3.9%
     assert sum(r.status == "unconverged" for r in cosine) >= 2
     assert np.median([err(r) for r in cosine]) > 2 * np.median([err(r) for r in default])
 
