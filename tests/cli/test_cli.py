@@ -114,7 +114,7 @@ def test_envelope_scale_overrides_and_spread_prior():
     sampler = make_operator(cfg).sampler
     assert isinstance(sampler, Mixture) and all(isinstance(c, RadialExponential) for c in sampler.components)
     mixed = make_operator(cfg.with_overrides(["operator.sampler_std=(1.0, 4.0)"])).sampler
-    assert [type(c).__name__ for c in mixed.components] == ["Gaussian", "Gaussian"] + ["RadialExponential"] * 4
+    assert [type(c).__name__ for c in mixed.components] == ["Gaussian", "Gaussian"] + ["RadialExponential"] * 5
     with pytest.raises(ConfigError, match="needs a sampler"):
         make_operator(cfg.with_overrides(["operator.sampler_exp_scale=None"]))
 

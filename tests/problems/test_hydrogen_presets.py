@@ -1,5 +1,6 @@
-"""The hydrogen preset's sampler: one radial-exponential component per shell the modes reach, each peaking
-where the shell's outermost closed-form state peaks (neuralsvd.problems.presets.hydrogen_shell_scales)."""
+"""The hydrogen preset's sampler: one radial-exponential component per shell the modes reach and one for the
+next shell, each peaking where the shell's outermost closed-form state peaks
+(neuralsvd.problems.presets.hydrogen_shell_scales)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from neuralsvd.problems.presets import hydrogen_shell_scales
 def test_each_component_peaks_with_its_shells_outermost_state(charge):
     """The radial density ``r |ψ|²`` of the state ``l = n`` of shell ``n`` (Yang et al.'s closed form, as
     the metrics use it) peaks at the component's ``a_n``, where ``r e^{-r/a_n}`` peaks."""
-    scales = hydrogen_shell_scales(25, charge)
+    scales = hydrogen_shell_scales(16, charge)
     assert len(scales) == 5
     op = Hydrogen2D(charge=charge)
     r = torch.linspace(1e-3, 120.0, 240_001, dtype=torch.float64)
@@ -29,16 +30,16 @@ def test_each_component_peaks_with_its_shells_outermost_state(charge):
 
 
 def test_shells_follow_the_number_of_modes():
-    assert hydrogen_shell_scales(1) == (0.5,)
-    assert hydrogen_shell_scales(4) == (0.5, 4.5)
-    assert hydrogen_shell_scales(5) == hydrogen_shell_scales(9) == (0.5, 4.5, 12.5)
-    assert hydrogen_shell_scales(16) == (0.5, 4.5, 12.5, 24.5)
+    assert hydrogen_shell_scales(1) == (0.5, 4.5)
+    assert hydrogen_shell_scales(4) == (0.5, 4.5, 12.5)
+    assert hydrogen_shell_scales(5) == hydrogen_shell_scales(9) == (0.5, 4.5, 12.5, 24.5)
+    assert hydrogen_shell_scales(16) == (0.5, 4.5, 12.5, 24.5, 40.5)
 
 
 def test_the_preset_picks_its_sampler_from_the_modes():
     base = get_problem("hydrogen").default_config()
     assert base.operator["sampler_exp_scale"] == "auto"
-    for modes, scales in ((9, (0.5, 4.5, 12.5)), (16, (0.5, 4.5, 12.5, 24.5))):
+    for modes, scales in ((9, (0.5, 4.5, 12.5, 24.5)), (16, (0.5, 4.5, 12.5, 24.5, 40.5))):
         cfg = base.with_overrides([f"modes={modes}"])
         sampler = make_operator(cfg).sampler
         assert isinstance(sampler, Mixture)

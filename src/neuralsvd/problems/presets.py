@@ -39,12 +39,13 @@ def _hydrogen_operator(p: dict[str, Any]) -> Operator:
 
 def hydrogen_shell_scales(modes: int, charge: float = 1.0) -> tuple[float, ...]:
     """Radial-exponential sampler scales for the first ``modes`` states of the 2D hydrogen ``-Δ - Z/|x|``:
-    one component ``∝ e^{-r/a_n}`` per shell ``n = 0 … n_max`` (shells of ``2n + 1`` states,
-    ``(n_max + 1)² ≥ modes``), at ``a_n = (2n + 1)² / (2Z)``: the component's radial density ``r e^{-r/a}``
-    peaks where the shell's outermost state does (``l = n``: ``r^{2n+1} e^{-2Zr/(2n+1)}``). ``Z = 1``, 9 modes:
-    ``0.5, 4.5, 12.5``; 16 modes: ``0.5, 4.5, 12.5, 24.5`` (docs/hydrogen-study.md §10)."""
+    one component ``∝ e^{-r/a_n}`` per shell ``n = 0 … n_max + 1``, the shells the modes reach (``2n + 1``
+    states each, ``(n_max + 1)² ≥ modes``) and the next one, whose states the learned ones must be orthogonal
+    to. ``a_n = (2n + 1)² / (2Z)``: the component's radial density ``r e^{-r/a}`` peaks where the shell's
+    outermost state does (``l = n``: ``r^{2n+1} e^{-2Zr/(2n+1)}``). ``Z = 1``, 9 modes: ``0.5, 4.5, 12.5, 24.5``;
+    16 modes: ``0.5, 4.5, 12.5, 24.5, 40.5`` (docs/hydrogen-study.md §10)."""
     n_max = math.isqrt(modes - 1)
-    return tuple((2 * n + 1) ** 2 / (2 * charge) for n in range(n_max + 1))
+    return tuple((2 * n + 1) ** 2 / (2 * charge) for n in range(n_max + 2))
 
 
 def _prepare_hydrogen(config: ExperimentConfig) -> None:
@@ -112,8 +113,8 @@ def _hydrogen() -> ExperimentConfig:
     (``model_output="psi"``; the operator divides by ``sqrt(p)``), with the radius ``|x|`` as an input (the
     cusp at the nucleus) and a per-mode envelope ``e^{-r/s_l}`` initialized by
     :func:`spread_envelope_scales` (``envelope_scale="spread"``); samples from an equal mixture of radial
-    exponentials ``∝ e^{-r/a}``, one per shell the modes reach (``sampler_exp_scale="auto"``:
-    :func:`hydrogen_shell_scales`); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
+    exponentials ``∝ e^{-r/a}``, one per shell the modes reach and one for the next shell
+    (``sampler_exp_scale="auto"``: :func:`hydrogen_shell_scales`); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
     ``fit``'s default initial-size cap (:mod:`neuralsvd.training.calibration`) is what makes it converge at this
     budget (100× worse without it, docs/convergence-study.md §8–9). Measured numbers:
     docs/results.md.
