@@ -1,6 +1,7 @@
-"""The hydrogen preset's sampler: one radial-exponential component per shell the modes reach and one for the
-next shell, each peaking where the shell's outermost closed-form state peaks
-(neuralsvd.problems.presets.hydrogen_shell_scales)."""
+"""The hydrogen preset's choices from the number of modes: the sampler, one radial-exponential component per
+shell the modes reach and one for the next shell, each peaking where the shell's outermost closed-form state
+peaks (neuralsvd.problems.presets.hydrogen_shell_scales); the batch, growing with the shells
+(hydrogen_batch_size)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from neuralsvd.numerics.sampling import Mixture, RadialExponential
 from neuralsvd.operators import Hydrogen2D
 from neuralsvd.problems import ConfigError, get_problem, make_operator
-from neuralsvd.problems.presets import hydrogen_shell_scales
+from neuralsvd.problems.experiment import build
+from neuralsvd.problems.presets import hydrogen_batch_size, hydrogen_shell_scales
 
 
 @pytest.mark.parametrize("charge", [1.0, 2.0])
@@ -49,3 +51,29 @@ def test_the_preset_picks_its_sampler_from_the_modes():
     assert [c.scale for c in make_operator(pinned).sampler.components] == [0.5, 2.0, 8.0]
     with pytest.raises(ConfigError, match="operator.charge must be a positive number, got 0"):
         make_operator(base.with_overrides(["operator.charge=0"]))
+
+
+def test_batch_grows_with_the_shells():
+    assert [hydrogen_batch_size(m) for m in (1, 4, 5, 9)] == [128] * 4  # at most three shells
+    assert hydrogen_batch_size(10) == hydrogen_batch_size(16) == 256
+    assert hydrogen_batch_size(25) == 384
+
+
+def test_the_preset_picks_its_batch_from_the_modes():
+    base = get_problem("hydrogen").default_config()
+    assert base.train.batch_size == "auto"
+    for modes, batch in ((9, 128), (16, 256)):
+        cfg = base.with_overrides([f"modes={modes}"])
+        exp = build(cfg)
+        assert exp.options["batch_size"] == batch
+        assert cfg.train.batch_size == batch  # recorded: config.json holds the choice
+    pinned = base.with_overrides(["modes=16", "train.batch_size=64"])  # --batch-size / --set win
+    assert build(pinned).options["batch_size"] == 64
+
+
+def test_a_batch_without_a_rule_or_a_number_fails_before_training():
+    oscillator = get_problem("oscillator").default_config()
+    with pytest.raises(ConfigError, match="train.batch_size='auto' has no rule for problem 'oscillator'"):
+        build(oscillator.with_overrides(["train.batch_size=auto"]))
+    with pytest.raises(ConfigError, match="train.batch_size expects an integer, got 'abc'"):
+        build(oscillator.with_overrides(["train.batch_size=abc"]))

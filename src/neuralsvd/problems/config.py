@@ -41,10 +41,11 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """Options of :func:`neuralsvd.fit` (see there), by the same names; :func:`fit_options` turns them
-    into its keyword arguments. ``dtype`` is a name (``"float32"``, ``"float64"``)."""
+    into its keyword arguments. ``dtype`` is a name (``"float32"``, ``"float64"``). ``batch_size="auto"`` is
+    chosen by the problem's ``prepare`` where it has a rule (``hydrogen``: :func:`.presets.hydrogen_batch_size`)."""
 
     steps: int = 10_000
-    batch_size: int = 128
+    batch_size: Any = 128
     optimizer: str = "adam"
     lr: float = 1e-3
     schedule: str = "cosine"
@@ -180,6 +181,12 @@ def fit_options(config: ExperimentConfig) -> dict[str, Any]:
     field by name (``dtype`` resolved to a torch dtype) plus the top-level ``seed`` and ``device``. The
     runner adds :data:`RUN_OPTIONS`."""
     options = dataclasses.asdict(config.train)
+    batch = options["batch_size"]
+    if batch == "auto":
+        raise ConfigError(f"train.batch_size='auto' has no rule for problem {config.problem!r} (the hydrogen "
+                          "problem's prepare step chooses one); set a number")
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise ConfigError(f"train.batch_size expects an integer, got {batch!r}")
     if options["dtype"] not in DTYPES:
         raise ConfigError(f"unknown dtype {options['dtype']!r}; valid: {', '.join(DTYPES)}")
     options["dtype"] = DTYPES[options["dtype"]]

@@ -3,7 +3,7 @@ operator, model, loss and :func:`~neuralsvd.fit` options that ``neuralsvd run``,
 memory check and :func:`neuralsvd.load` all use.
 
 Building order (what makes a seeded run reproducible): the problem's ``prepare`` and the operator; the
-memory check (see :func:`build`); the loss; ``torch.manual_seed(config.seed)`` and the model.
+:func:`~neuralsvd.fit` options (which ``prepare`` may have chosen); the memory check (see :func:`build`); the loss; ``torch.manual_seed(config.seed)`` and the model.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def build(config: ExperimentConfig, check_resources: bool = True) -> Experiment:
     (:class:`~neuralsvd.training.resources.ResourceError` otherwise) before the loss and the weights are
     allocated; the estimate reads the model's shapes from a blueprint on the ``meta`` device, which
     allocates nothing (a real build of a model that cannot fit would allocate it first)."""
-    options = fit_options(config)
     factory = method_loss(config.method)  # an unknown method fails before anything is built
     operator = make_operator(config)
+    options = fit_options(config)  # after the problem's prepare, which may choose train options ("auto")
     if check_resources:
         _check_memory(config, operator, options)
     with allocation_failures_as(f"out of memory building the {config.method} loss for {config.modes} modes"):

@@ -28,7 +28,7 @@ from .registry import (  # noqa: F401
 )
 
 __all__ = ["Problem", "PROBLEMS", "METHODS", "get_problem", "make_loss", "make_model", "build_model", "make_operator",
-           "hydrogen_shell_scales", "spread_envelope_scales"]
+           "hydrogen_batch_size", "hydrogen_shell_scales", "spread_envelope_scales"]
 
 
 def _hydrogen_operator(p: dict[str, Any]) -> Operator:
@@ -48,8 +48,20 @@ def hydrogen_shell_scales(modes: int, charge: float = 1.0) -> tuple[float, ...]:
     return tuple((2 * n + 1) ** 2 / (2 * charge) for n in range(n_max + 2))
 
 
+def hydrogen_batch_size(modes: int) -> int:
+    """Batch size for the first ``modes`` states of the 2D hydrogen: 128 while the modes reach at most three
+    shells (``modes ≤ 9``), then 128 more per further shell (16 modes: 256). Measured at 9 and 16 modes
+    (docs/hydrogen-study.md §10): at 16 modes and 50k steps, batch 128 leaves the subspace distance at
+    1.1e-3–1.4e-3 over two seeds, batch 256 at 1.9e-4; beyond 16 modes the rule is an extrapolation."""
+    shells = math.isqrt(modes - 1) + 1
+    return 128 * max(1, shells - 2)
+
+
 def _prepare_hydrogen(config: ExperimentConfig) -> None:
-    """``operator.sampler_exp_scale="auto"``: :func:`hydrogen_shell_scales` of ``config.modes`` and the charge."""
+    """The ``"auto"`` choices: ``operator.sampler_exp_scale`` (:func:`hydrogen_shell_scales` of ``config.modes``
+    and the charge) and ``train.batch_size`` (:func:`hydrogen_batch_size`)."""
+    if config.train.batch_size == "auto":
+        config.train.batch_size = hydrogen_batch_size(config.modes)
     p = config.operator
     if p.get("sampler_exp_scale") == "auto":
         if isinstance(p["charge"], bool) or not isinstance(p["charge"], (int, float)) or not p["charge"] > 0:
@@ -114,10 +126,11 @@ def _hydrogen() -> ExperimentConfig:
     cusp at the nucleus) and a per-mode envelope ``e^{-r/s_l}`` initialized by
     :func:`spread_envelope_scales` (``envelope_scale="spread"``); samples from an equal mixture of radial
     exponentials ``∝ e^{-r/a}``, one per shell the modes reach and one for the next shell
-    (``sampler_exp_scale="auto"``: :func:`hydrogen_shell_scales`); Adam 1e-3 without EMA; 10k steps. The operator is the paper's ``T = 100 (0 - H)``;
-    ``fit``'s default initial-size cap (:mod:`neuralsvd.training.calibration`) is what makes it converge at this
-    budget (100× worse without it, docs/convergence-study.md §8–9). Measured numbers:
-    docs/results.md.
+    (``sampler_exp_scale="auto"``: :func:`hydrogen_shell_scales`); a batch that grows with the shells
+    (``batch_size="auto"``: :func:`hydrogen_batch_size`, 128 at 9 modes); Adam 1e-3 without EMA; 10k steps.
+    The operator is the paper's ``T = 100 (0 - H)``; ``fit``'s default initial-size cap
+    (:mod:`neuralsvd.training.calibration`) is what makes it converge at this budget (100× worse without it,
+    docs/convergence-study.md §8–9). Measured numbers: docs/results.md.
     """
     return ExperimentConfig(
         problem="hydrogen", modes=9,
@@ -125,8 +138,8 @@ def _hydrogen() -> ExperimentConfig:
                       laplacian="exact", sampler_exp_scale="auto", model_output="psi", cusps=None),
         model=ModelConfig(hidden=(128, 128, 128), activation="softplus", radial=True, envelope=True,
                           envelope_scale="spread"),
-        train=TrainConfig(steps=10_000, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", ema_decay=None,
-                          rescue=False),  # the rescue costs the 16-mode run (docs/convergence-study.md §11)
+        train=TrainConfig(steps=10_000, batch_size="auto", optimizer="adam", lr=1e-3, schedule="cosine",
+                          ema_decay=None, rescue=False),  # rescue: costs the 16-mode run (convergence-study §11)
     )
 
 
