@@ -43,8 +43,10 @@ class Variant:
 _GAUSS = ("operator.sampler_std=(1.0, 4.0, 10.0)", "operator.sampler_exp_scale=None")
 _RATIO = ("operator.model_output=ratio", "model.envelope=False")
 #: the variants measured before ``fit`` capped the modes' initial size: as measured (the paper's scale,
-#: no cap; docs/convergence-study.md §9)
-_AS_MEASURED = ("operator.scale=100.0", "train.init_ratio=None")
+#: no cap, docs/convergence-study.md §9; the preset's sampler and batch before they followed the modes,
+#: docs/hydrogen-study.md §10)
+_AS_MEASURED = ("operator.scale=100.0", "train.init_ratio=None", "operator.sampler_exp_scale=(0.5, 2.0, 8.0)",
+                "train.batch_size=128")
 
 #: the levers, each a named configuration relative to a preset (compared at the same steps and batch)
 VARIANTS: dict[str, Variant] = {
@@ -62,7 +64,7 @@ VARIANTS: dict[str, Variant] = {
                             "model = ψ, |x| input, exponential mixture; all envelopes start at s = 3"),
     "best": Variant("hydrogen", (), "the `hydrogen` preset: T = 100 (0 - H) with the initial-size cap, model = ψ, "
                                     "|x| input, spread envelopes s_l = 1.2 (1 + 2 √l), radial-exponential mixture "
-                                    "a = 0.5, 2, 8"),
+                                    "and batch chosen from the modes"),
     "best-scale100": Variant("hydrogen", _AS_MEASURED, "the same without the cap (the preset before the scale study, "
                                                 "docs/convergence-study.md §8)"),
 }
