@@ -51,8 +51,8 @@ def hydrogen_shell_scales(modes: int, charge: float = 1.0) -> tuple[float, ...]:
 def hydrogen_batch_size(modes: int) -> int:
     """Batch size for the first ``modes`` states of the 2D hydrogen: 128 while the modes reach at most three
     shells (``modes ≤ 9``), then 128 more per further shell (16 modes: 256). Measured at 9 and 16 modes
-    (docs/hydrogen-study.md §10): at 16 modes and 50k steps, batch 128 leaves the subspace distance at
-    1.1e-3–1.4e-3 over two seeds, batch 256 at 1.9e-4; beyond 16 modes the rule is an extrapolation."""
+    (docs/hydrogen-study.md §10): at 16 modes and 50k steps, batch 256 reaches a subspace distance below 1e-3 on
+    3 of 4 seeds, batch 128 on none of 3; beyond 16 modes the rule is an extrapolation."""
     shells = math.isqrt(modes - 1) + 1
     return 128 * max(1, shells - 2)
 
