@@ -3,7 +3,8 @@ operator, model, loss and :func:`~neuralsvd.fit` options that ``neuralsvd run``,
 memory check and :func:`neuralsvd.load` all use.
 
 Building order (what makes a seeded run reproducible): the problem's ``prepare`` and the operator; the
-:func:`~neuralsvd.fit` options (which ``prepare`` may have chosen); the memory check (see :func:`build`); the loss; ``torch.manual_seed(config.seed)`` and the model.
+:func:`~neuralsvd.fit` options (which ``prepare`` may have chosen); the memory check (see :func:`build`); the
+loss; ``torch.manual_seed(config.seed)`` and the model.
 """
 
 from __future__ import annotations

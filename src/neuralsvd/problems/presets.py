@@ -37,6 +37,11 @@ def _hydrogen_operator(p: dict[str, Any]) -> Operator:
                                 cusps=p.get("cusps", "auto"))
 
 
+def _shells_reached(modes: int) -> int:
+    """How many shells of the 2D hydrogen (``2n + 1`` states each) the first ``modes`` states fill or enter."""
+    return math.isqrt(modes - 1) + 1
+
+
 def hydrogen_shell_scales(modes: int, charge: float = 1.0) -> tuple[float, ...]:
     """Radial-exponential sampler scales for the first ``modes`` states of the 2D hydrogen ``-Δ - Z/|x|``:
     one component ``∝ e^{-r/a_n}`` per shell ``n = 0 … n_max + 1``, the shells the modes reach (``2n + 1``
@@ -44,8 +49,7 @@ def hydrogen_shell_scales(modes: int, charge: float = 1.0) -> tuple[float, ...]:
     to. ``a_n = (2n + 1)² / (2Z)``: the component's radial density ``r e^{-r/a}`` peaks where the shell's
     outermost state does (``l = n``: ``r^{2n+1} e^{-2Zr/(2n+1)}``). ``Z = 1``, 9 modes: ``0.5, 4.5, 12.5, 24.5``;
     16 modes: ``0.5, 4.5, 12.5, 24.5, 40.5`` (docs/hydrogen-study.md §10)."""
-    n_max = math.isqrt(modes - 1)
-    return tuple((2 * n + 1) ** 2 / (2 * charge) for n in range(n_max + 2))
+    return tuple((2 * n + 1) ** 2 / (2 * charge) for n in range(_shells_reached(modes) + 1))
 
 
 def hydrogen_batch_size(modes: int) -> int:
@@ -53,8 +57,7 @@ def hydrogen_batch_size(modes: int) -> int:
     shells (``modes ≤ 9``), then 128 more per further shell (16 modes: 256). Measured at 9 and 16 modes
     (docs/hydrogen-study.md §10): at 16 modes and 50k steps, batch 256 reaches a subspace distance below 1e-3 on
     3 of 4 seeds, batch 128 on none of 3; beyond 16 modes the rule is an extrapolation."""
-    shells = math.isqrt(modes - 1) + 1
-    return 128 * max(1, shells - 2)
+    return 128 * max(1, _shells_reached(modes) - 2)
 
 
 def _prepare_hydrogen(config: ExperimentConfig) -> None:
